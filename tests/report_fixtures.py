@@ -106,3 +106,12 @@ def _write_stage(folder: Path, stage_id: str, labels: np.ndarray, rng, save_mode
                             for k, (h, p) in enumerate(zip(histories, members))]
     entry["best_epoch"], entry["val_accuracy"] = _best(history)
     return {**entry, "test_accuracy": evaluation["accuracy"], "evaluation": evaluation}
+
+
+def markdown_table(markdown: str, heading: str) -> list:
+    """The rows, as dicts, of the first table after `heading`."""
+    lines = markdown.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    header, _, *rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[start:end]]
+    return [dict(zip(header, row)) for row in rows]

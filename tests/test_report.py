@@ -1,0 +1,142 @@
+"""The run report against a small fake run: real PNGs, the summary's numbers, the vote's errors."""
+import base64
+import hashlib
+import json
+import re
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export.vote import vote
+from pipeline.report import GALLERY_LIMIT, write_report
+from tests.report_fixtures import make_run, markdown_table
+
+
+def file_hashes(run_dir):
+    """sha256 of every file of the run except the report's own."""
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and "report" not in p.relative_to(run_dir).parts}
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """A run with baseline, conv1, conv2_relu and the ensemble; its hashes before the report."""
+    run_dir = make_run(tmp_path_factory.mktemp("full"))
+    before = file_hashes(run_dir)
+    return run_dir, write_report(run_dir), before
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory):
+    """A baseline-only run on sample data with a non-reference preset."""
+    run_dir = make_run(tmp_path_factory.mktemp("partial"), stages=("baseline",), preset="quick", sample=True)
+    return run_dir, write_report(run_dir)
+
+
+def seconds(wall_time: str) -> int:
+    hours, minutes, secs = map(int, wall_time.split(":"))
+    return hours * 3600 + minutes * 60 + secs
+
+
+def test_report_files_exist(full):
+    run_dir, info, _ = full
+    for name in ("report.md", "report.html", "gallery.json", *info["images"]):
+        assert (run_dir / "report" / name).is_file(), name
+    assert not info["skipped"]
+
+
+def test_every_picture_is_a_real_nonblank_png(full):
+    run_dir, info, _ = full
+    pngs = sorted((run_dir / "report").glob("*.png"))
+    assert sorted(p.name for p in pngs) == sorted(info["images"])
+    assert {"val_accuracy.png", "filters.png", "misclassified.png", "confusion.png",
+            "curves_conv2_relu.png", "curves_ensemble.png"} <= set(info["images"])
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.format == "PNG"
+            assert image.width >= 400 and image.height >= 100, png.name
+            assert np.asarray(image.convert("L")).std() > 5, f"{png.name} is blank"
+
+
+def test_every_number_in_the_stage_table_equals_the_summary(full):
+    run_dir, _, _ = full
+    stages = json.loads((run_dir / "summary.json").read_text())["stages"]
+    rows = markdown_table((run_dir / "report" / "report.md").read_text(), "## Stages")
+    assert [row["Stage"] for row in rows] == ["baseline", "conv1", "conv2_relu", "ensemble"]
+    for row in rows:
+        stage = stages[row["Stage"]]
+        assert row["Network"] == stage["network"] and row["Data"] == stage["data"]
+        assert int(row["Epochs"]) == stage["epochs"] and int(row["Best epoch"]) == stage["best_epoch"]
+        for column, key in [("Validation %", "val_accuracy"), ("Test %", "test_accuracy"),
+                            ("Reference %", "reference_accuracy")]:
+            assert re.fullmatch(r"\d+\.\d\d", row[column])
+            assert float(row[column]) == pytest.approx(100 * stage[key], abs=0.005)
+        assert float(row["Difference (pp)"]) == pytest.approx(stage["evaluation"]["difference_pp"], abs=0.005)
+        assert seconds(row["Wall time"]) == pytest.approx(stage["wall_seconds"], abs=0.5)
+
+
+def test_gallery_shows_exactly_the_ensembles_errors(full):
+    run_dir, info, _ = full
+    labels = np.load(run_dir / "data" / "test_labels.npy")
+    classes = vote(np.load(run_dir / "stages" / "ensemble" / "member_probabilities.npy"))[0]
+    wrong = np.flatnonzero(classes != labels).tolist()
+    gallery = json.loads((run_dir / "report" / "gallery.json").read_text())
+    assert wrong and gallery["stage"] == info["gallery_stage"] == "ensemble"
+    assert gallery["misclassified"] == wrong and gallery["shown"] == wrong[:GALLERY_LIMIT]
+    assert gallery["true"] == labels[gallery["shown"]].tolist()
+    assert gallery["predicted"] == classes[gallery["shown"]].tolist()
+    assert f"gets {len(wrong)} of {len(labels)} test digits wrong" in (run_dir / "report" / "report.md").read_text()
+
+
+def test_filters_come_from_the_preferred_stage(full):
+    assert full[1]["filters_stage"] == "conv2_relu"
+
+
+def test_html_is_self_contained(full):
+    run_dir, info, _ = full
+    page = (run_dir / "report" / "report.html").read_text()
+    sources = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page)
+    assert len(sources) == len(info["images"])
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
+    assert embedded == {(run_dir / "report" / name).read_bytes() for name in info["images"]}
+    for outside in ("http:", "https:", "<link", "<script", "url(", "@import", "file:"):
+        assert outside not in page
+    assert "<table>" in page and "conv2_relu" in page
+
+
+def test_regenerating_is_quick_and_changes_no_model_or_metric(full):
+    run_dir, _, before = full
+    start = time.monotonic()
+    write_report(run_dir)
+    assert time.monotonic() - start < 30
+    assert file_hashes(run_dir) == before
+    assert sorted(p.name for p in run_dir.iterdir()) == ["data", "report", "stages", "summary.json"]
+
+
+def test_reference_run_has_no_banner(full):
+    assert "⚠" not in (full[0] / "report" / "report.md").read_text()
+
+
+def test_sample_data_and_preset_banners(partial):
+    run_dir, _ = partial
+    markdown = (run_dir / "report" / "report.md").read_text()
+    assert "> **⚠ Sample data" in markdown and "> **⚠ Preset 'quick'" in markdown
+    assert (run_dir / "report" / "report.html").read_text().count('class="banner"') == 2
+
+
+def test_missing_stages_are_named_and_their_parts_skipped(partial):
+    run_dir, info = partial
+    markdown = (run_dir / "report" / "report.md").read_text()
+    assert "Not in this run: conv1, conv2, conv2_relu, expanded, extra_fc, dropout, ensemble." in markdown
+    assert info["filters_stage"] is None and any(s.startswith("Filters") for s in info["skipped"])
+    assert [row["Stage"] for row in markdown_table(markdown, "## Stages")] == ["baseline"]
+    # Without an ensemble the gallery shows the last stage's errors, and says so.
+    labels = np.load(run_dir / "data" / "test_labels.npy")
+    predicted = np.load(run_dir / "stages" / "baseline" / "test_probabilities.npy").argmax(axis=1)
+    gallery = json.loads((run_dir / "report" / "gallery.json").read_text())
+    assert gallery["stage"] == "baseline" and gallery["misclassified"] == np.flatnonzero(predicted != labels).tolist()
+    assert "errors of baseline" in markdown
