@@ -144,10 +144,13 @@ class _Report:
     def histories(self, stage_id: str) -> list:
         """(label, history) pairs: the stage's own, or one per ensemble member."""
         folder = self.run_dir / "stages" / stage_id
-        paths = [folder / "history.csv"] if stage_id != "ensemble" else sorted(
-            folder.glob("history_member_*.csv"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-        return [(stage_id if stage_id != "ensemble" else f"member {p.stem.rsplit('_', 1)[1]}",
-                 np.atleast_1d(np.genfromtxt(p, delimiter=",", names=True))) for p in paths if p.exists()]
+        if stage_id == "ensemble":
+            members = {int(p.stem.rsplit("_", 1)[1]): p for p in folder.glob("history_member_*.csv")}
+            paths = {f"member {k}": members[k] for k in sorted(members)}
+        else:
+            paths = {stage_id: folder / "history.csv"}
+        return [(label, np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True)))
+                for label, path in paths.items() if path.exists()]
 
     def curves(self):
         self.add("h2", "Learning curves")
@@ -166,6 +169,9 @@ class _Report:
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend()
+            # Early epochs of weak stages would squash the top: show from 2 pp below the weakest best.
+            weakest = min(100 * history["val_accuracy"].max() for history in singles.values())
+            ax.set_ylim(bottom=max(ax.get_ylim()[0], weakest - 2))
             self.figure(fig, "val_accuracy.png", "Validation accuracy per epoch, all stages")
         for stage_id, runs in histories.items():
             if runs:
