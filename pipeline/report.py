@@ -31,7 +31,7 @@ STAGE_HEADER = ("Stage", "Network", "Data", "Epochs", "Best epoch", "Validation 
                 "Reference %", "Difference (pp)", "Wall time")
 CSS = """body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:.3em .6em;text-align:right}
-th{background:#eee}td:first-child,td:nth-child(2){text-align:left}
+th{background:#eee}:is(td,th):is(:first-child,:nth-child(2)){text-align:left}
 .banner{background:#fff3cd;border:2px solid #e0a800;padding:1em;font-size:1.1em;margin:1em 0}
 .note{color:#555}img{max-width:100%}figure{margin:1em 0}figcaption{color:#555}"""
 
@@ -277,7 +277,7 @@ class _Report:
         rows = [("preset", self.summary.get("preset")), ("seed", self.summary.get("seed")),
                 *self.summary.get("environment", {}).items(),
                 *((f"data {key}", value) for key, value in data.items() if key != "warning")]
-        self.add("table", ("", "value"), [(key, cell(value)) for key, value in rows])
+        self.add("table", ("Item", "Value"), [(key, cell(value)) for key, value in rows])
         settings = self.summary.get("settings")
         if settings:
             self.add("p", "Preset settings: " + json.dumps(settings, sort_keys=True))
