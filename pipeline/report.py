@@ -15,12 +15,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import keras
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from export.vote import vote
-from models.networks import Conv
+from models import Conv, ConvPool  # importing models registers ConvPool for load_model
 from pipeline.evaluate import NUM_CLASSES, evaluate
 from pipeline.stages import STAGE_BY_ID, STAGES
 
@@ -206,7 +207,7 @@ class _Report:
         filters = kernel[:, :, 0, :]  # [5, 5, filters]: the first layer sees one input channel
         limit = np.abs(filters).max()
         fig = Figure(figsize=(10, 1.2 * _rows(filters.shape[-1], 10)))
-        for ax, k in zip(_grid(fig, filters.shape[-1], 10), range(filters.shape[-1])):
+        for k, ax in enumerate(_grid(fig, filters.shape[-1], 10)):
             ax.imshow(filters[:, :, k], cmap="binary", vmin=-limit, vmax=limit)
         fig.suptitle(f"{stage_id}: the {filters.shape[-1]} first-layer filters "
                      f"({filters.shape[0]}x{filters.shape[1]}, dark = positive weight)")
@@ -214,16 +215,13 @@ class _Report:
 
     def first_layer_kernel(self):
         """(stage id, kernel [k, k, 1, filters]) of the first ConvPool of the preferred stage's model."""
-        import keras
-        import models  # registers ConvPool for load_model
-
         convolutional = [i for i in self.done if i in STAGE_BY_ID
                          and any(isinstance(layer, Conv) for layer in STAGE_BY_ID[i].network.hidden)]
         for stage_id in [i for i in FILTER_STAGES if i in convolutional] + convolutional:
             path = self.run_dir / "stages" / stage_id / "model.keras"
             if path.exists():
                 model = keras.saving.load_model(path, compile=False)
-                conv = next((layer for layer in model.layers if isinstance(layer, models.ConvPool)), None)
+                conv = next((layer for layer in model.layers if isinstance(layer, ConvPool)), None)
                 if conv is not None:
                     return stage_id, keras.ops.convert_to_numpy(conv.kernel)
         return None
@@ -248,7 +246,7 @@ class _Report:
             return
         stage_id, predicted = found
         if stage_id != "ensemble":
-            self.add("note", f"The ensemble is not in this run: these are the errors of {stage_id}.")
+            self.add("note", f"No ensemble vote in this run: these are the errors of {stage_id}.")
         labels, images = np.load(data / "test_labels.npy"), np.load(data / "test_images.npy")
         result = evaluate(None, labels, self.stages[stage_id].get("reference_accuracy", 0.0), predictions=predicted)
         wrong = result["misclassified"]

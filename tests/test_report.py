@@ -139,4 +139,4 @@ def test_missing_stages_are_named_and_their_parts_skipped(partial):
     predicted = np.load(run_dir / "stages" / "baseline" / "test_probabilities.npy").argmax(axis=1)
     gallery = json.loads((run_dir / "report" / "gallery.json").read_text())
     assert gallery["stage"] == "baseline" and gallery["misclassified"] == np.flatnonzero(predicted != labels).tolist()
-    assert "errors of baseline" in markdown
+    assert "No ensemble vote in this run: these are the errors of baseline." in markdown
