@@ -10,7 +10,7 @@ import json
 import string
 from pathlib import Path
 
-from pipeline.report import cell, duration, load_summary, percent, stage_order, to_markdown
+from pipeline.report import cell, duration, load_summary, percent, points, stage_order, to_markdown
 from pipeline.stages import STAGE_BY_ID
 
 FIELDS = ("test_accuracy", "val_accuracy", "best_epoch", "wall_seconds")
@@ -45,12 +45,11 @@ def to_table(comparison: dict) -> str:
               *(f"{x} best epoch" for x in letters), *(f"{x} wall time" for x in letters)]
     rows = []
     for stage in comparison["stages"]:
-        runs = [run or dict.fromkeys(("test_accuracy", "best_epoch", "wall_seconds")) for run in stage["runs"]]
+        runs = [run or dict.fromkeys(FIELDS) for run in stage["runs"]]
         first = runs[0]["test_accuracy"]
         rows.append([stage["stage"], percent(stage["reference_accuracy"]),
                      *(percent(run["test_accuracy"]) for run in runs),
-                     *("–" if None in (first, run["test_accuracy"]) else f"{(run['test_accuracy'] - first) * 100:+.2f}"
-                       for run in runs[1:]),
+                     *(points(run["test_accuracy"], first) for run in runs[1:]),
                      *(cell(run["best_epoch"]) for run in runs),
                      *(duration(run["wall_seconds"]) for run in runs)])
     return "\n".join(legend) + "\n\n" + to_markdown([("table", header, rows)])

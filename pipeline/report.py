@@ -72,13 +72,17 @@ def duration(seconds) -> str:
     return "–" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
 
 
+def points(accuracy, baseline) -> str:
+    """accuracy - baseline in signed percentage points."""
+    return "–" if None in (accuracy, baseline) else f"{(accuracy - baseline) * 100:+.2f}"
+
+
 def stage_row(stage_id: str, stage: dict) -> tuple:
     """One row of STAGE_HEADER from a summary.json stage entry."""
     test, reference = stage.get("test_accuracy"), stage.get("reference_accuracy")
-    difference = "–" if None in (test, reference) else f"{(test - reference) * 100:+.2f}"
     return (stage_id, stage.get("network", "–"), stage.get("data", "–"), cell(stage.get("epochs")),
             cell(stage.get("best_epoch")), percent(stage.get("val_accuracy")), percent(test),
-            percent(reference), difference, duration(stage.get("wall_seconds")))
+            percent(reference), points(test, reference), duration(stage.get("wall_seconds")))
 
 
 def cell(value) -> str:
