@@ -1,0 +1,83 @@
+"""Artifacts that are complete or absent: temporary directories renamed into place, and a run-directory lock."""
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+
+@contextlib.contextmanager
+def staged_directory(final: Path):
+    """Yield an empty temporary directory beside `final`; on success it replaces `final` in one rename.
+
+    On an exception (or a kill) the temporary directory is all that is left,
+    and its name marks it unfinished: `clean_unfinished` removes it later.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".unfinished-{final.name}-"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".unfinished-old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_unfinished(directory: Path) -> None:
+    """Remove what killed runs left half-written (call only while holding the run lock)."""
+    if directory.exists():
+        for leftover in directory.rglob(".unfinished-*"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def write_json(path: Path, value) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".unfinished-{path.name}.", delete=False) as tmp:
+        json.dump(value, tmp, indent=2, sort_keys=False)
+        tmp.write("\n")
+    os.replace(tmp.name, path)
+
+
+def digest_arrays(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def fingerprint(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """An OS-level lock on the run directory: released by the kernel when the process dies, however it dies."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise PipelineError(f"{run_dir} is in use by another run ({holder}); wait for it to finish "
+                                f"or choose another --run-dir.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield

@@ -1,0 +1,84 @@
+"""Presets: small, plain dicts of settings, each overridable with --set key=value.
+
+A value is either one setting for every stage, or a dict keyed by stage id
+with a "default". "reference" means the stage's own figure in SEED.md.
+"""
+import copy
+import json
+
+from pipeline.errors import PipelineError
+
+PRESETS = {
+    # The exact reference hyperparameters: plain SGD, batch 10, SEED.md's rates and epochs, no reshuffling.
+    "seed": {
+        "batch_size": 10, "optimizer": "sgd", "learning_rate": "reference", "schedule": "constant",
+        "warmup_fraction": 0.0, "epochs": "reference", "shuffle": False, "max_shift": 0,
+        "steps_per_call": 100, "train_limit": 0, "seed": 0, "strategy": "auto",
+    },
+    # The same networks and data, trained the modern way: Adam, warm-up + cosine, reshuffling,
+    # larger batches, random shifts for the dropout nets, and far fewer epochs.
+    "fast": {
+        "batch_size": 64, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
+        "warmup_fraction": 0.03,
+        "epochs": {"default": 4, "baseline": 30, "conv1": 12, "conv2": 12, "conv2_relu": 12},
+        "shuffle": True, "max_shift": {"default": 0, "dropout": 1, "ensemble": 1},
+        "steps_per_call": 50, "train_limit": 0, "seed": 0, "strategy": "auto",
+    },
+    # Every stage end to end in minutes: a smoke test and demo, not an accuracy run.
+    "quick": {
+        "batch_size": 64, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
+        "warmup_fraction": 0.03, "epochs": 2, "shuffle": True, "max_shift": 0,
+        "steps_per_call": 50, "train_limit": 6000, "seed": 0, "strategy": "auto",
+    },
+}
+
+
+def parse_value(text: str, current):
+    """--set values are typed by the preset value they replace."""
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise PipelineError(f"expected true or false, not {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    for kind in (int, float):
+        if isinstance(current, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise PipelineError(f"expected a {kind.__name__}, not {text!r}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def resolve(preset: str, overrides: list[str]) -> dict:
+    """The preset named, with each 'key=value' or 'key.stage=value' override applied."""
+    if preset not in PRESETS:
+        raise PipelineError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+    settings = copy.deepcopy(PRESETS[preset])
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        name, _, stage = key.strip().partition(".")
+        if not sep or name not in settings:
+            raise PipelineError(f"--set {item!r}: expected key=value with key one of {', '.join(settings)}.")
+        current = settings[name]
+        if stage:
+            table = current if isinstance(current, dict) else {"default": current}
+            example = table.get(stage, table.get("default"))
+            table[stage] = parse_value(text, example)
+            settings[name] = table
+        else:
+            example = current.get("default") if isinstance(current, dict) else current
+            try:
+                settings[name] = parse_value(text, example)
+            except PipelineError as error:
+                raise PipelineError(f"--set {item!r}: {error}.") from None
+    return settings
+
+
+def for_stage(settings: dict, key: str, stage_id: str):
+    """One setting's value for one stage."""
+    value = settings[key]
+    if isinstance(value, dict):
+        return value.get(stage_id, value.get("default"))
+    return value

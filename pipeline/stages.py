@@ -1,0 +1,41 @@
+"""The progression of SEED.md as one table. A new stage is one more row."""
+from dataclasses import dataclass
+
+from models import Conv, Dense, Network
+
+
+@dataclass(frozen=True)
+class Stage:
+    id: str
+    network: Network
+    data: str            # "train" (50,000 images) or "expanded" (250,000)
+    eta: float           # reference learning rate (plain SGD, batch 10)
+    lmbda: float         # reference L2 parameter
+    epochs: int          # reference epochs
+    reference: float     # reference test accuracy, a fraction
+    members: int = 1     # >1: a voting ensemble of this recipe
+    optional: bool = False  # side results: run only when named
+
+
+SIGMOID_CONV2 = (Conv(20), Conv(40), Dense(100))
+RELU_CONV2 = Network(SIGMOID_CONV2, "relu")
+RELU_EXTRA_FC = Network((Conv(20), Conv(40), Dense(100), Dense(100)), "relu")
+DROPOUT_NET = Network((Conv(20), Conv(40), Dense(1000), Dense(1000)), "relu", dropout=0.5)
+
+STAGES = [
+    Stage("baseline", Network((Dense(100),)), "train", 0.1, 0.0, 60, 0.9780),
+    Stage("conv1", Network((Conv(20), Dense(100))), "train", 0.1, 0.0, 60, 0.9878),
+    Stage("conv2", Network(SIGMOID_CONV2), "train", 0.1, 0.0, 60, 0.9906),
+    Stage("conv2_relu", RELU_CONV2, "train", 0.03, 0.1, 60, 0.9923),
+    Stage("expanded", RELU_CONV2, "expanded", 0.03, 0.1, 60, 0.9937),
+    Stage("extra_fc", RELU_EXTRA_FC, "expanded", 0.03, 0.1, 60, 0.9943),
+    Stage("dropout", DROPOUT_NET, "expanded", 0.03, 0.0, 40, 0.9960),
+    Stage("ensemble", DROPOUT_NET, "expanded", 0.03, 0.0, 40, 0.9967, members=5),
+    # Side results of SEED.md, run only when named in --stages.
+    Stage("expanded_fc300", Network((Conv(20), Conv(40), Dense(300)), "relu"), "expanded", 0.03, 0.1, 60, 0.9946, optional=True),
+    Stage("expanded_fc1000", Network((Conv(20), Conv(40), Dense(1000)), "relu"), "expanded", 0.03, 0.1, 60, 0.9943, optional=True),
+    Stage("extra_fc300", Network((Conv(20), Conv(40), Dense(100), Dense(300)), "relu"), "expanded", 0.03, 0.1, 60, 0.9948, optional=True),
+    Stage("extra_fc1000", Network((Conv(20), Conv(40), Dense(100), Dense(1000)), "relu"), "expanded", 0.03, 0.1, 60, 0.9947, optional=True),
+    Stage("conv2_relu_l2pool", Network((Conv(20, pooling="l2"), Conv(40, pooling="l2"), Dense(100)), "relu"), "train", 0.03, 0.1, 60, 0.9923, optional=True),
+]
+STAGE_BY_ID = {stage.id: stage for stage in STAGES}

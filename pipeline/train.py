@@ -1,0 +1,208 @@
+"""Training one network under a tf.distribute strategy, resumably, keeping its best-validation weights.
+
+One training path serves every strategy: a Keras model and optimizer driven
+by our own step under `strategy.run` (Keras 3's `fit` fails under
+MultiWorkerMirroredStrategy, keras-team/keras#20585). The step runs
+`steps_per_call` times inside one `tf.function` call, as `fit`'s
+`steps_per_execution` does, so batch-10 training is not bound by Python.
+
+After every epoch: validation accuracy, then a checkpoint of model,
+optimizer, epoch and the best weights so far. A run killed at any point
+restarts from its last finished epoch.
+"""
+import csv
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models import Network, build_network
+from pipeline import inputs
+from pipeline.strategy import is_chief
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int            # global
+    optimizer: str             # "sgd" or "adam"
+    learning_rate: float
+    schedule: str = "constant"  # or "warmup_cosine"
+    warmup_fraction: float = 0.0
+    lmbda: float = 0.0         # reference L2 parameter
+    shuffle: bool = False      # reshuffle every epoch (the reference does not)
+    max_shift: int = 0         # random whole-pixel shifts per image per epoch
+    steps_per_call: int = 100
+    seed: int = 0
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class Trained:
+    model: keras.Model         # holding the best-validation weights
+    history: list = field(default_factory=list)  # one dict per epoch
+    best_epoch: int = 0
+    best_val_accuracy: float = 0.0
+    images_per_second: float = 0.0
+    resumed_from_epoch: int = 0
+
+
+def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    rate = settings.learning_rate
+    if settings.schedule == "warmup_cosine":
+        total = settings.epochs * steps_per_epoch
+        warmup = int(settings.warmup_fraction * total)
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else rate, total - warmup, warmup_target=rate if warmup else None, warmup_steps=warmup)
+    elif settings.schedule != "constant":
+        raise ValueError(f"unknown schedule {settings.schedule!r}")
+    if settings.optimizer == "sgd":
+        return keras.optimizers.SGD(rate)
+    if settings.optimizer == "adam":
+        return keras.optimizers.Adam(rate)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}")
+
+
+def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Probabilities [N, 10] for uint8 images [N, 28, 28], in inference mode (no dropout)."""
+    forward = tf.function(lambda x: model(x, training=False))
+    out = [forward(tf.constant(images[i:i + batch_size, ..., None], tf.float32) / 255.0).numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+
+
+def write_history_csv(path: Path, history: list) -> None:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["epoch", "loss", "val_accuracy", "seconds"])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def train(network: Network, splits, data: str, settings: TrainSettings, strategy: tf.distribute.Strategy,
+          checkpoint_dir: Path, log=print, train_limit: int = 0, tensorboard_dir: Path | None = None) -> Trained:
+    """Train `network` on splits' train (or expanded) set; select the epoch by validation accuracy.
+
+    The later epoch wins a tie, as in the reference (Keras's ModelCheckpoint keeps the earlier).
+    """
+    train_x, train_y = (splits.expanded_images, splits.expanded_labels) if data == "expanded" else (
+        splits.train_images, splits.train_labels)
+    if train_limit:
+        train_x, train_y = train_x[:train_limit], train_y[:train_limit]
+    global_batch = settings.batch_size
+    steps_per_epoch = len(train_x) // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_x)} training images make no batch of {global_batch}")
+    chief = is_chief(strategy)
+    if not chief:  # other workers checkpoint too (collective ops), but to a scratch directory
+        checkpoint_dir = Path(tempfile.mkdtemp(prefix="worker-checkpoint-"))
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    keras.utils.set_random_seed(settings.seed)
+    l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
+    with strategy.scope():
+        model = build_network(network, l2=l2, seed=settings.seed)
+        optimizer = make_optimizer(settings, steps_per_epoch)
+        optimizer.build(model.trainable_variables)  # before restore: keras-team/keras#19389
+    best_weights = [tf.Variable(v.value, trainable=False) for v in model.weights]
+    epoch_done = tf.Variable(0, dtype=tf.int64)
+    best_epoch = tf.Variable(0, dtype=tf.int64)
+    best_val = tf.Variable(-1.0, dtype=tf.float64)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_done, best_epoch=best_epoch,
+                                     best_val=best_val, best_weights=best_weights)
+    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=1)
+    history_path = checkpoint_dir / "history.json"
+    history = []
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        history = json.loads(history_path.read_text())[:int(epoch_done.numpy())]
+        log(f"  resuming after epoch {int(epoch_done.numpy())} of {settings.epochs} "
+            f"(best so far {best_val.numpy():.4f} at epoch {int(best_epoch.numpy())})")
+    resumed_from = int(epoch_done.numpy())
+
+    def step(batch):
+        x, y = batch
+        with tf.GradientTape() as tape:
+            probabilities = model(x, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(y, probabilities)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_steps(iterator, steps):
+        total = tf.constant(0.0)
+        for _ in tf.range(steps):
+            total += strategy.reduce("SUM", strategy.run(step, args=(next(iterator),)), axis=None)
+        return total
+
+    @tf.function
+    def count_correct(batch):
+        x, y = batch
+        predicted = tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
+        return tf.reduce_sum(tf.cast(predicted == y, tf.int64))
+
+    def accuracy(images, labels):
+        ds = strategy.distribute_datasets_from_function(lambda ctx: inputs.dataset(
+            images, labels, ctx.get_per_replica_batch_size(settings.eval_batch_size), input_context=ctx))
+        correct = sum(int(strategy.reduce("SUM", strategy.run(count_correct, args=(b,)), axis=None)) for b in ds)
+        return correct / len(images)
+
+    writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir and chief else None
+    seconds_training = 0.0
+    for epoch in range(resumed_from + 1, settings.epochs + 1):
+        started = time.perf_counter()
+        order = inputs.epoch_order(len(train_x), settings.shuffle, settings.seed, epoch)
+        ds = strategy.distribute_datasets_from_function(lambda ctx: inputs.dataset(
+            train_x, train_y, ctx.get_per_replica_batch_size(global_batch), order=order, drop_remainder=True,
+            max_shift=settings.max_shift, seed=(settings.seed, epoch), input_context=ctx))
+        iterator = iter(ds)
+        loss_sum, done = 0.0, 0
+        while done < steps_per_epoch:
+            steps = min(settings.steps_per_call, steps_per_epoch - done)
+            loss_sum += float(train_steps(iterator, tf.constant(steps)))
+            done += steps
+        train_seconds = time.perf_counter() - started
+        seconds_training += train_seconds
+        val_accuracy = accuracy(splits.validation_images, splits.validation_labels)
+        if val_accuracy >= best_val.numpy():  # ">=": the later epoch wins a tie
+            best_val.assign(val_accuracy)
+            best_epoch.assign(epoch)
+            for saved, current in zip(best_weights, model.weights):
+                saved.assign(current.value)
+        seconds = time.perf_counter() - started
+        history.append({"epoch": epoch, "loss": round(loss_sum / steps_per_epoch, 6),
+                        "val_accuracy": val_accuracy, "seconds": round(seconds, 3)})
+        epoch_done.assign(epoch)
+        atomic_write_text(history_path, json.dumps(history))  # before the checkpoint: never shorter than it
+        manager.save()
+        if writer:
+            with writer.as_default():
+                tf.summary.scalar("loss", history[-1]["loss"], step=epoch)
+                tf.summary.scalar("val_accuracy", val_accuracy, step=epoch)
+        left = (settings.epochs - epoch) * seconds
+        log(f"  epoch {epoch:3d}/{settings.epochs}  loss {history[-1]['loss']:.4f}  val {val_accuracy:.4f}  "
+            f"best {best_val.numpy():.4f} (epoch {int(best_epoch.numpy())})  {seconds:.1f}s  "
+            f"~{left / 60:.1f} min left")
+    for current, saved in zip(model.weights, best_weights):
+        current.assign(saved.value())
+    ran = settings.epochs - resumed_from
+    return Trained(model=model, history=history, best_epoch=int(best_epoch.numpy()),
+                   best_val_accuracy=float(best_val.numpy()),
+                   images_per_second=ran * steps_per_epoch * global_batch / seconds_training if ran else 0.0,
+                   resumed_from_epoch=resumed_from)

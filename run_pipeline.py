@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Run the MNIST CNN progression of SEED.md: download -> expand -> the model stages -> report.
+
+Naming a step or stage runs whatever it needs that is not done yet; a rerun
+skips what is done and unchanged, and resumes a stage that was interrupted.
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline import config
+from pipeline.errors import PipelineError
+from pipeline.runner import DEFAULT_NODES, STEPS
+from pipeline.stages import STAGES
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    stage_ids = ", ".join(s.id + (" (optional)" if s.optional else "") for s in STAGES)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"steps: {', '.join(STEPS)}\nstages: {stage_ids}\n\npresets:\n" + "\n".join(
+            f"  {name}: {values}" for name, values in config.PRESETS.items()))
+    parser.add_argument("--stages", default="all",
+                        help="comma-separated steps and/or stage ids to run (default: all, i.e. every "
+                             "step and every non-optional stage)")
+    parser.add_argument("--data", default="auto",
+                        help="where MNIST comes from: auto, tfds, sample, a directory of IDX files, or a mirror "
+                             "URL (https:// or file://). auto = the run's prepared data, else $MNIST_MIRROR, "
+                             "else the public mirror if it answers, else the bundled sample (default: auto)")
+    parser.add_argument("--preset", default="fast", choices=list(config.PRESETS),
+                        help="training preset: seed (the reference hyperparameters), fast (modern training, "
+                             "same networks), quick (minutes, for smoke tests) (default: fast)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="where artifacts, logs and summary.json go (default: runs/<preset>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset value, typed like it; KEY.STAGE=VALUE for one stage "
+                             "(e.g. --set epochs=3 --set epochs.conv1=5); repeatable")
+    parser.add_argument("--force", action="store_true", help="redo the named steps and stages even if done")
+    args = parser.parse_args(argv)
+    args.run_dir = args.run_dir or Path("runs") / args.preset
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    requested = DEFAULT_NODES if args.stages == "all" else [s.strip() for s in args.stages.split(",") if s.strip()]
+    started = time.perf_counter()
+    try:
+        settings = config.resolve(args.preset, args.overrides)
+        from pipeline.runner import Runner
+        from pipeline.strategy import cluster_size
+        run_dir, strategy = args.run_dir, None
+        if cluster_size() > 1:  # MultiWorkerMirroredStrategy must exist before any other TensorFlow work
+            from pipeline import strategy as strategies
+            strategy = strategies.choose("multi_worker")
+            if not strategies.is_chief(strategy):
+                run_dir = Path(tempfile.mkdtemp(prefix="mnist-worker-"))  # only the chief writes the run dir
+        runner = Runner(run_dir, args.preset, settings, args.data, force=args.force,
+                        log=lambda text: print(text, flush=True))
+        runner._strategy = strategy
+        runner.run(requested)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: a rerun with the same arguments resumes from the last finished epoch",
+              file=sys.stderr)
+        return 130
+    print(f"done in {time.perf_counter() - started:.0f}s; summary: {args.run_dir / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
