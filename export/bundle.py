@@ -12,9 +12,10 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
                                       quantize_static)
 
 from export.artifacts import ExportError, copy_file, sha256, write_bytes, write_json
-from export.contract import IMAGE_SHAPE, INPUT_CONTRACT, INPUT_NAME, OPSET, PREPROCESSING
+from export.contract import (CLASS_OUTPUT, IMAGE_SHAPE, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, OPSET,
+                             PREPROCESSING, VOTES_OUTPUT)
 from export.ensemble import Ensemble
-from export.fuse import CLASS_OUTPUT, MEAN_OUTPUT, VOTES_OUTPUT, fuse
+from export.fuse import fuse
 
 # MinMax calibration keeps every intermediate tensor of every calibration batch
 # in memory, so it sees a fixed, evenly spread sample rather than all of them.

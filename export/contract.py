@@ -11,6 +11,9 @@ NUM_CLASSES = 10
 # and is understood by every ONNX Runtime release since 1.11.
 OPSET = 17
 
+# The fused ensemble's outputs: the voted class, the votes per class, the members' mean probabilities.
+CLASS_OUTPUT, VOTES_OUTPUT, MEAN_OUTPUT = "class", "votes", "probabilities"
+
 INPUT_CONTRACT = {
     "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["N", *IMAGE_SHAPE], "range": [0.0, 1.0]},
     "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", NUM_CLASSES]},

@@ -1,4 +1,4 @@
-"""The 5-network voting ensemble on ONNX Runtime. Imports no TensorFlow.
+"""The 5-network voting ensemble on ONNX Runtime. Needs only numpy and onnxruntime: no TensorFlow, no onnx.
 
 Session options, chosen on purpose:
 - intra_op_num_threads = the number of CPUs (or `threads`): one batch's
@@ -19,8 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.artifacts import sha256
-from export.contract import IMAGE_SHAPE, INPUT_NAME
-from export.fuse import CLASS_OUTPUT, MEAN_OUTPUT, VOTES_OUTPUT
+from export.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, VOTES_OUTPUT
 from export.vote import vote
 
 MODES = ("vote", "mean")

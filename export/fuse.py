@@ -8,9 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.contract import INPUT_NAME, NUM_CLASSES, OPSET, OUTPUT_NAME
-
-CLASS_OUTPUT, VOTES_OUTPUT, MEAN_OUTPUT = "class", "votes", "probabilities"
+from export.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, OPSET, OUTPUT_NAME, VOTES_OUTPUT
 
 
 def member_output(k: int) -> str:

@@ -120,13 +120,14 @@ def test_arrays_and_idx_files_raw_or_gzipped(bundle, test_digits, tmp_path, caps
         assert sum(records[f"{name}[0]"]["votes"]) == 5 and len(records[f"{name}[0]"]["probabilities"]) == 10
 
 
-def test_command_and_module_work_where_tensorflow_cannot_be_imported(bundle, test_digits, tmp_path):
+def test_command_and_module_work_where_tensorflow_and_onnx_cannot_be_imported(bundle, test_digits, tmp_path):
+    """The base install has numpy, onnxruntime and pillow only."""
     digit, label = test_digits[0]
     drawn_on_canvas(digit).save(tmp_path / "digit.png")
     np.save(tmp_path / "digit.npy", digit)
     script = (
         "import sys, runpy\n"
-        "sys.modules['tensorflow'] = None\n"
+        "sys.modules['tensorflow'] = sys.modules['keras'] = sys.modules['onnx'] = None\n"
         "from export.ensemble import Ensemble\n"
         "import numpy as np\n"
         "print(Ensemble.load(sys.argv[1], int8=True).predict(np.load(sys.argv[2])[None] / 255.0).classes[0])\n"

