@@ -18,6 +18,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def as_properties(metadata: dict) -> dict[str, str]:
+    """ONNX metadata_props hold strings only: non-string values are stored as JSON."""
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, then rename: readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)

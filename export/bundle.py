@@ -11,7 +11,7 @@ import onnx
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                       quantize_static)
 
-from export.artifacts import ExportError, copy_file, sha256, write_bytes, write_json
+from export.artifacts import ExportError, as_properties, copy_file, sha256, write_bytes, write_json
 from export.contract import (CLASS_OUTPUT, IMAGE_SHAPE, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, OPSET,
                              PREPROCESSING, VOTES_OUTPUT)
 from export.ensemble import Ensemble
@@ -49,10 +49,9 @@ def build_bundle(member_onnx_paths: list[Path], out_dir: Path, *, calibration_im
     for source, member in zip(member_onnx_paths, members):
         copy_file(Path(source), out_dir / member)
     int8_members = quantize_members(out_dir, members, as_images(calibration_images))
-    properties = {key: value if isinstance(value, str) else str(value) for key, value in metadata.items()}
     for fused, parts, kind in ((FUSED, members, "float32"), (FUSED_INT8, int8_members, "int8")):
         model = fuse([onnx.load(out_dir / part) for part in parts],
-                     {**properties, "weights": kind, "preprocessing": PREPROCESSING})
+                     as_properties({**metadata, "weights": kind, "opset": OPSET, "preprocessing": PREPROCESSING}))
         write_bytes(out_dir / fused, model.SerializeToString())
 
     test_images, test_labels = as_images(test_images), np.asarray(test_labels)

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.artifacts import sha256
-from export.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, VOTES_OUTPUT
+from export.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, VOTES_OUTPUT
 from export.vote import vote
 
 MODES = ("vote", "mean")
@@ -90,6 +90,9 @@ class Ensemble:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}.")
         images = check_images(images)
+        if not len(images):
+            return Prediction(np.zeros(0, np.int64), np.zeros((0, NUM_CLASSES), np.int64),
+                              np.zeros((0, NUM_CLASSES), np.float32))
         parts = [self.run(images[start:start + BATCH]) for start in range(0, len(images), BATCH)]
         classes, votes, mean = (np.concatenate(arrays) for arrays in zip(*parts))
         if mode == "mean":

@@ -4,7 +4,6 @@ tf2onnx's `from_keras` fails on Keras 3 models, so both artifacts come from one
 `tf.function` with a fixed input signature: the SavedModel serves it and
 tf2onnx converts it with `from_function`.
 """
-import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from export.artifacts import ExportError, replace_dir, sha256, write_bytes, write_json
+from export.artifacts import ExportError, as_properties, replace_dir, sha256, write_bytes, write_json
 from export.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING
 
 __all__ = ["ExportError", "export_model", "check_parity"]
@@ -81,8 +80,7 @@ def to_onnx(serving: Serving, metadata: dict) -> onnx.ModelProto:
     model, _ = tf2onnx.convert.from_function(serving.serve, input_signature=[SIGNATURE], opset=OPSET)
     for value in (*model.graph.input, *model.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "N"
-    properties = {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
-    onnx.helper.set_model_props(model, {**properties, "opset": str(OPSET), "preprocessing": PREPROCESSING})
+    onnx.helper.set_model_props(model, {**as_properties(metadata), "opset": str(OPSET), "preprocessing": PREPROCESSING})
     onnx.checker.check_model(model, full_check=True)
     return model
 

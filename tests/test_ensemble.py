@@ -82,3 +82,10 @@ def test_a_run_directory_or_a_copied_bundle_loads_and_a_damaged_one_is_refused(b
 def test_bad_arrays_are_refused_with_a_plain_message(bundle, images, message):
     with pytest.raises(ValueError, match=message):
         Ensemble.load(bundle).predict(images)
+
+
+def test_fused_graphs_carry_metadata_and_an_empty_batch_is_fine(bundle):
+    import onnx
+    properties = {p.key: p.value for p in onnx.load(bundle / "ensemble_int8.onnx").metadata_props}
+    assert properties["stage"] == "ensemble" and properties["weights"] == "int8" and properties["opset"] == "17"
+    assert Ensemble.load(bundle).predict(np.zeros((0, 28, 28, 1))).classes.shape == (0,)
