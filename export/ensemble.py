@@ -78,7 +78,8 @@ class Ensemble:
             files = manifest["members_int8" if int8 else "members"]
         for file in files if verify else ():
             if sha256(directory / file) != manifest["files"][file]["sha256"]:
-                raise ValueError(f"{directory / file} does not match its SHA-256 in manifest.json: the copy is damaged.")
+                raise ValueError(f"{directory / file} does not match its SHA-256 in manifest.json: "
+                                 "the copy is damaged.")
         return cls([directory / file for file in files], threads=threads)
 
     def predict(self, images: np.ndarray, *, mode: str = "vote") -> Prediction:

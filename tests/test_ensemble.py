@@ -78,7 +78,9 @@ def test_a_run_directory_or_a_copied_bundle_loads_and_a_damaged_one_is_refused(b
 
 
 @pytest.mark.parametrize("images, message", [
-    (np.zeros((2, 32, 32)), "shape"), (np.full((1, 28, 28, 1), np.nan), "NaN"), (np.full((1, 28, 28), 255.0), r"\[0, 1\]")])
+    (np.zeros((2, 32, 32)), "shape"),
+    (np.full((1, 28, 28, 1), np.nan), "NaN"),
+    (np.full((1, 28, 28), 255.0), r"\[0, 1\]")])
 def test_bad_arrays_are_refused_with_a_plain_message(bundle, images, message):
     with pytest.raises(ValueError, match=message):
         Ensemble.load(bundle).predict(images)

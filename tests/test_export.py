@@ -29,7 +29,8 @@ def exported(tmp_path_factory, mnist_digits):
 
 def test_export_writes_savedmodel_and_onnx_that_match_keras(exported):
     model, out, manifest, images = exported
-    assert manifest["savedmodel"] == "savedmodel/dropout/1" and (out / manifest["savedmodel"] / "saved_model.pb").is_file()
+    assert manifest["savedmodel"] == "savedmodel/dropout/1"
+    assert (out / manifest["savedmodel"] / "saved_model.pb").is_file()
     assert manifest["parity_images"] == 500 and manifest["parity_max_abs_diff"] <= 1e-5
     assert manifest["opset"] == OPSET
     assert manifest["sha256"] == {"onnx": sha256(out / "dropout.onnx"),
