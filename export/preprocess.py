@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 50_000_000        # a 50-megapixel photo; a larger image (or a decompression bomb) is refused unread
 MAX_ARRAY_BYTES = 512 << 20    # the largest .npy / IDX payload read
 WORKING_SIZE = (2048, 2048)    # larger images are shrunk to this first (JPEGs decode at a reduced scale)
-MIN_CONTRAST = 32              # gray levels between background and ink below which an image is blank
+MIN_CONTRAST = 0.125           # background-to-ink difference (of the full range) below which an image is blank
 INK_THRESHOLD = 0.25           # fraction of the way from background to ink below which a pixel is background
 DIGIT_BOX, FRAME, CENTRE = 20, 28, 14.0  # MNIST: fit 20x20, centre of mass at pixel 14 of 28
 NPY_MAGIC, GZIP_MAGIC = b"\x93NUMPY", b"\x1f\x8b"
@@ -96,15 +96,10 @@ def mnist_like(image: Image.Image) -> np.ndarray:
     quarter of the way from it to the darkest ink are background. Transparent
     pixels count as white paper, so a dark digit on a transparent canvas reads right.
     """
-    image = ImageOps.exif_transpose(image)
-    image.thumbnail(WORKING_SIZE)
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    pixels = gray_pixels(image)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    if np.median(border) > 127:
-        pixels, border = 255 - pixels, 255 - border
+    if np.median(border) > 0.5:
+        pixels, border = 1 - pixels, 1 - border
     background = np.median(border)
     contrast = pixels.max() - background
     if contrast < MIN_CONTRAST:
@@ -114,6 +109,18 @@ def mnist_like(image: Image.Image) -> np.ndarray:
     ink = Image.fromarray(np.round(ink * 255).astype(np.uint8))
     digit = ImageOps.contain(ink.crop(ink.getbbox()), (DIGIT_BOX, DIGIT_BOX), Image.LANCZOS)
     return centred(np.asarray(ImageOps.autocontrast(digit), dtype=np.float32) / 255)
+
+
+def gray_pixels(image: Image.Image) -> np.ndarray:
+    """Upright, shrunk to the working size, grayscale in [0, 1]; 16-bit images keep their full range."""
+    image = ImageOps.exif_transpose(image)
+    image.thumbnail(WORKING_SIZE)
+    if image.mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float32) / 65535
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255
 
 
 def centred(digit: np.ndarray) -> np.ndarray:

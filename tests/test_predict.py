@@ -54,11 +54,20 @@ def run_main(capsys, *args) -> tuple[int, dict]:
     return code, {Path(record["path"]).name: record for record in lines}
 
 
+def sixteen_bit(image: Image.Image) -> Image.Image:
+    return Image.fromarray(np.asarray(image).astype(np.uint16) * 257)
+
+
+FORMATS = [("png", lambda image: image), ("jpg", lambda image: image.convert("RGB")),
+           ("png", lambda image: image.convert("RGBA")), ("png", sixteen_bit), ("gif", lambda image: image.convert("P"))]
+
+
 def test_a_real_digit_drawn_black_on_white_on_a_larger_canvas_is_classified_right(bundle, test_digits, tmp_path):
-    for k, (digit, label) in enumerate(test_digits[:5]):
-        drawn_on_canvas(digit, at=(100 + 80 * k, 50 + 60 * k)).save(tmp_path / f"digit{k}_{label}.png")
-        prepared = next(read_inputs(tmp_path / f"digit{k}_{label}.png"))[1]
-        assert np.corrcoef(prepared.ravel(), digit.ravel())[0, 1] > 0.9
+    for k, ((digit, label), (suffix, convert)) in enumerate(zip(test_digits, FORMATS)):
+        path = tmp_path / f"digit{k}_{label}.{suffix}"
+        convert(drawn_on_canvas(digit, at=(100 + 80 * k, 50 + 60 * k))).save(path)
+        prepared = next(read_inputs(path))[1]
+        assert np.corrcoef(prepared.ravel(), digit.ravel())[0, 1] > 0.9, path.name
     for record in classify([tmp_path], bundle):
         assert record["class"] == int(Path(record["path"]).stem.split("_")[1]), record
 
