@@ -1,19 +1,24 @@
 """tf.data input: uint8 arrays in, batched float images in [0, 1] out, ready for a tf.distribute strategy.
 
-The arrays (196 MB for the expanded set) live in memory; each epoch's order
-is a seeded permutation of indices and batches are gathered with one op, so
-shuffling costs nothing and an epoch is reproducible after a restart.
-Random shifts, when asked for, are one vectorised transform per batch.
+The arrays (196 MB for the expanded set) live in memory as constants. Each
+epoch's order is a stateless shuffle of indices seeded by (seed, epoch), and
+batches are gathered with one op, so shuffling costs nothing, one dataset
+serves the whole run, and any epoch is reproducible after a restart. Random
+shifts, when asked for, are one vectorised transform per batch.
 """
 import numpy as np
 import tensorflow as tf
 
+BATCH_SEED_STRIDE = 1_000_000  # per-batch augmentation seed: epoch * stride + batch number
 
-def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
-    """The order of the training images in one epoch (the same order every epoch when not shuffling)."""
+
+def epoch_order(n: int, shuffle: bool, seed: int, epoch) -> tf.Tensor:
+    """The indices of one epoch, in order (the same order every epoch when not shuffling)."""
+    indices = tf.range(n, dtype=tf.int64)
     if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, epoch]).permutation(n)
+        return indices
+    return tf.random.experimental.stateless_shuffle(indices, seed=tf.stack([tf.constant(seed, tf.int64),
+                                                                           tf.cast(epoch, tf.int64)]))
 
 
 def random_shift(images, max_shift: int, seed):
@@ -29,25 +34,46 @@ def random_shift(images, max_shift: int, seed):
         interpolation="NEAREST", fill_mode="CONSTANT")
 
 
-def dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, order=None, drop_remainder=False,
-            max_shift: int = 0, seed=(0, 0), input_context=None) -> tf.data.Dataset:
-    """Batches of (images float32 [B, 28, 28, 1] in [0, 1], labels int32 [B]).
+class Arrays:
+    """uint8 images [N, 28, 28] and labels [N] held once as tensors, batched on demand."""
 
-    order: indices to visit (default: as stored). With an input_context
-    (tf.distribute), each input pipeline takes its own share of the order and
-    batch_size is the per-replica size.
-    """
-    order = np.arange(len(images)) if order is None else order
-    if input_context is not None:
-        order = order[input_context.input_pipeline_id::input_context.num_input_pipelines]
-    images_t = tf.constant(images)
-    labels_t = tf.constant(labels.astype(np.int32))
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.size = len(images)
+        self.images = tf.constant(images)
+        self.labels = tf.constant(labels.astype(np.int32))
 
-    def gather(step, index):
-        x = tf.cast(tf.gather(images_t, index), tf.float32)[..., None] / 255.0
-        if max_shift:
-            x = random_shift(x, max_shift, tf.stack([tf.cast(seed[0] * 1_000_003 + seed[1], tf.int64), step]))
-        return x, tf.gather(labels_t, index)
+    def gather(self, index):
+        return tf.cast(tf.gather(self.images, index), tf.float32)[..., None] / 255.0, tf.gather(self.labels, index)
 
-    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
-    return ds.enumerate().map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def training(self, batch_size: int, first_epoch: int, last_epoch: int, *, shuffle: bool, seed: int,
+                 max_shift: int = 0, input_context=None) -> tf.data.Dataset:
+        """Epochs first_epoch..last_epoch back to back, full batches only.
+
+        With an input_context (tf.distribute), each input pipeline takes its
+        own share of every epoch and batch_size is the per-replica size.
+        """
+        def one_epoch(epoch):
+            order = epoch_order(self.size, shuffle, seed, epoch)
+            if input_context is not None:
+                order = order[input_context.input_pipeline_id::input_context.num_input_pipelines]
+
+            def batch(number, index):
+                images, labels = self.gather(index)
+                if max_shift:
+                    batch_seed = tf.stack([tf.constant(seed, tf.int64), epoch * BATCH_SEED_STRIDE + number])
+                    images = random_shift(images, max_shift, batch_seed)
+                return images, labels
+
+            batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+            return batches.enumerate().map(batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+        epochs = tf.data.Dataset.range(first_epoch, last_epoch + 1)
+        return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+    def evaluation(self, batch_size: int, input_context=None) -> tf.data.Dataset:
+        """Every image once, in stored order (each input pipeline its share)."""
+        order = tf.range(self.size, dtype=tf.int64)
+        if input_context is not None:
+            order = order[input_context.input_pipeline_id::input_context.num_input_pipelines]
+        ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return ds.map(self.gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -51,7 +51,8 @@ def run(runner, stage, output: Path, checkpoint_dir: Path) -> dict:
         entry = run_ensemble(runner, stage, output, checkpoint_dir, splits)
     else:
         entry = run_single(runner, stage, output, checkpoint_dir, splits)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    for stale in checkpoint_dir.parent.glob(f"{stage.id}-*"):  # this run's and any from older settings
+        shutil.rmtree(stale, ignore_errors=True)
     return entry
 
 
@@ -115,7 +116,7 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
         members=[{"seed": runner.train_settings(stage, k).seed, "best_epoch": m.best_epoch,
                   "val_accuracy": m.best_val_accuracy, "test_accuracy": accuracy(p, splits.test_labels)}
                  for k, (m, p) in enumerate(zip(members, test))],
-        evaluation=evaluate(test.mean(axis=0), splits.test_labels, stage.reference, predictions=classes))
+        evaluation=evaluate(None, splits.test_labels, stage.reference, predictions=classes))
     with staged_directory(output) as tmp:
         (tmp / "members").mkdir()
         exports = []

@@ -100,8 +100,11 @@ class Runner:
         """Created on first use: a run that only prepares data never starts TensorFlow's runtime."""
         if self._strategy is None:
             from pipeline import strategy
+            import tensorflow as tf
             self._strategy = strategy.choose(self.settings["strategy"])
-            self.summary.setdefault("environment", {})["strategy"] = strategy.describe(self._strategy)
+            gpus = tf.config.list_logical_devices("GPU")
+            self.summary.setdefault("environment", {}).update(
+                strategy=strategy.describe(self._strategy), device=f"GPU x{len(gpus)}" if gpus else "CPU")
         return self._strategy
 
     # -- bookkeeping ------------------------------------------------------------------------------

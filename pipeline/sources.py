@@ -8,6 +8,7 @@ the last 10,000 validate.
 import concurrent.futures
 import gzip
 import hashlib
+import http.client
 import os
 import socket
 import tempfile
@@ -108,7 +109,10 @@ def fetch(url: str, timeout: float = NETWORK_TIMEOUT) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read()
-    except (urllib.error.URLError, OSError, ValueError) as error:
+    except http.client.IncompleteRead as error:
+        raise PipelineError(f"The transfer of {url} was cut short ({len(error.partial)} bytes received, "
+                            f"{error.expected} more expected).") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise PipelineError(f"Could not fetch {url} ({reason}).") from None
 
@@ -175,20 +179,28 @@ def from_tfds(data_dir=None) -> Splits:
 
     tfds stores MNIST in its own shuffled order, so train[:50000] /
     train[50000:] is a random split of the same size as the reference one,
-    not the reference split itself.
+    not the reference split itself. tfds retries an offline download for
+    minutes, so a missing copy is downloaded only if its server answers now.
     """
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder("mnist", data_dir=data_dir)
-    if not builder.is_prepared() and not answers(DEFAULT_MIRROR):
-        raise PipelineError("tensorflow-datasets has no prepared copy of mnist and its download server does not "
-                            "answer (offline?); use --data with a mirror or directory instead.")
-    splits = tfds.load("mnist", split=["train[:50000]", "train[50000:]", "test"], batch_size=-1,
-                       as_supervised=True, data_dir=data_dir, download=True)
-    (tx, ty), (vx, vy), (sx, sy) = (tfds.as_numpy(split) for split in splits)
-    squeeze = lambda images: np.asarray(images, dtype=np.uint8).reshape(-1, 28, 28)
-    return Splits(squeeze(tx), ty.astype(np.uint8), squeeze(vx), vy.astype(np.uint8), squeeze(sx),
-                  sy.astype(np.uint8), source="tfds", split="tfds order: train[:50000] / train[50000:] / test")
+    def load(download: bool):
+        return tfds.load("mnist", split=["train[:50000]", "train[50000:]", "test"], as_supervised=True,
+                         data_dir=data_dir, download=download)
+
+    try:
+        datasets = load(download=False)
+    except AssertionError:  # tfds's way of saying "not prepared here"
+        if not answers(DEFAULT_MIRROR):
+            raise PipelineError("tensorflow-datasets has no prepared copy of mnist and its download server does "
+                                "not answer (offline?); use --data with a mirror or a directory instead.") from None
+        datasets = load(download=True)
+    arrays = []
+    for ds in datasets:
+        batches = list(tfds.as_numpy(ds.batch(10_000)))
+        arrays += [np.concatenate([b[0] for b in batches]).reshape(-1, 28, 28).astype(np.uint8),
+                   np.concatenate([b[1] for b in batches]).astype(np.uint8)]
+    return Splits(*arrays, source="tfds", split="tfds order: train[:50000] / train[50000:] / test")
 
 
 def from_sample(seed: int = 0) -> Splits:

@@ -157,29 +157,31 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
         predicted = tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
         return tf.reduce_sum(tf.cast(predicted == y, tf.int64))
 
-    def accuracy(images, labels):
-        ds = strategy.distribute_datasets_from_function(lambda ctx: inputs.dataset(
-            images, labels, ctx.get_per_replica_batch_size(settings.eval_batch_size), input_context=ctx))
-        correct = sum(int(strategy.reduce("SUM", strategy.run(count_correct, args=(b,)), axis=None)) for b in ds)
-        return correct / len(images)
+    validation = inputs.Arrays(splits.validation_images, splits.validation_labels)
+    validation_batches = strategy.distribute_datasets_from_function(
+        lambda ctx: validation.evaluation(ctx.get_per_replica_batch_size(settings.eval_batch_size), ctx))
 
+    def validation_accuracy():
+        correct = sum(int(strategy.reduce("SUM", strategy.run(count_correct, args=(batch,)), axis=None))
+                      for batch in validation_batches)
+        return correct / validation.size
+
+    training = inputs.Arrays(train_x, train_y)
+    batches = iter(strategy.distribute_datasets_from_function(lambda ctx: training.training(
+        ctx.get_per_replica_batch_size(global_batch), resumed_from + 1, settings.epochs, shuffle=settings.shuffle,
+        seed=settings.seed, max_shift=settings.max_shift, input_context=ctx)))
     writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir and chief else None
     seconds_training = 0.0
     for epoch in range(resumed_from + 1, settings.epochs + 1):
         started = time.perf_counter()
-        order = inputs.epoch_order(len(train_x), settings.shuffle, settings.seed, epoch)
-        ds = strategy.distribute_datasets_from_function(lambda ctx: inputs.dataset(
-            train_x, train_y, ctx.get_per_replica_batch_size(global_batch), order=order, drop_remainder=True,
-            max_shift=settings.max_shift, seed=(settings.seed, epoch), input_context=ctx))
-        iterator = iter(ds)
         loss_sum, done = 0.0, 0
         while done < steps_per_epoch:
             steps = min(settings.steps_per_call, steps_per_epoch - done)
-            loss_sum += float(train_steps(iterator, tf.constant(steps)))
+            loss_sum += float(train_steps(batches, tf.constant(steps)))
             done += steps
         train_seconds = time.perf_counter() - started
         seconds_training += train_seconds
-        val_accuracy = accuracy(splits.validation_images, splits.validation_labels)
+        val_accuracy = validation_accuracy()
         if val_accuracy >= best_val.numpy():  # ">=": the later epoch wins a tie
             best_val.assign(val_accuracy)
             best_epoch.assign(epoch)

@@ -1,0 +1,116 @@
+"""The reference semantics of SEED.md "Layers", pinned number by number."""
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from models import Conv, ConvPool, Dense, Network, build_network
+from pipeline.stages import STAGE_BY_ID, STAGES
+
+# Parameter counts worked out by hand from SEED.md's table.
+CONV20, CONV40 = 5 * 5 * 20 + 20, 5 * 5 * 20 * 40 + 40
+EXPECTED_PARAMETERS = {
+    "baseline": 784 * 100 + 100 + 100 * 10 + 10,
+    "conv1": CONV20 + 2880 * 100 + 100 + 1010,
+    "conv2": CONV20 + CONV40 + 640 * 100 + 100 + 1010,
+    "conv2_relu": CONV20 + CONV40 + 640 * 100 + 100 + 1010,
+    "expanded": CONV20 + CONV40 + 640 * 100 + 100 + 1010,
+    "extra_fc": CONV20 + CONV40 + 640 * 100 + 100 + 100 * 100 + 100 + 1010,
+    "dropout": CONV20 + CONV40 + 640 * 1000 + 1000 + 1000 * 1000 + 1000 + 10010,
+    "ensemble": CONV20 + CONV40 + 640 * 1000 + 1000 + 1000 * 1000 + 1000 + 10010,
+}
+
+
+@pytest.mark.parametrize("stage_id", list(EXPECTED_PARAMETERS))
+def test_parameter_count_of_every_stage(stage_id):
+    assert build_network(STAGE_BY_ID[stage_id].network).count_params() == EXPECTED_PARAMETERS[stage_id]
+
+
+def test_conv_pool_shapes_24_12_8_4():
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    first = ConvPool(20)
+    second = ConvPool(40)
+    h = first(x)
+    assert h.shape == (2, 12, 12, 20)  # 28 - 5 + 1 = 24, pooled to 12
+    assert second(h).shape == (2, 4, 4, 40)  # 12 - 5 + 1 = 8, pooled to 4
+
+
+def test_reference_initialisation_statistics():
+    model = build_network(STAGE_BY_ID["dropout"].network, seed=3)
+    conv1, conv2 = [l for l in model.layers if isinstance(l, ConvPool)]
+    fc1000 = [l for l in model.layers if isinstance(l, keras.layers.Dense)][0]
+    softmax = model.get_layer("probabilities")
+    # ConvPool: n_out = filters * kernel area / pool area.
+    assert np.std(conv2.kernel.numpy()) == pytest.approx(math.sqrt(1 / (40 * 25 / 4)), rel=0.03)
+    assert np.std(conv1.kernel.numpy()) == pytest.approx(math.sqrt(1 / (20 * 25 / 4)), rel=0.15)
+    assert np.std(fc1000.kernel.numpy()) == pytest.approx(math.sqrt(1 / 1000), rel=0.02)
+    assert abs(np.mean(fc1000.kernel.numpy())) < 0.001
+    assert np.std(fc1000.bias.numpy()) == pytest.approx(1.0, rel=0.1)  # biases ~ N(0, 1)
+    assert not softmax.kernel.numpy().any() and not softmax.bias.numpy().any()  # the softmax starts at zero
+
+
+def test_dropout_only_on_inputs_of_fc_and_softmax_layers():
+    model = build_network(STAGE_BY_ID["dropout"].network)
+    kinds = [type(l).__name__ for l in model.layers]
+    assert kinds == ["ConvPool", "ConvPool", "Flatten", "Dropout", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert all(l.rate == 0.5 for l in model.layers if isinstance(l, keras.layers.Dropout))
+
+
+def test_dropout_acts_in_training_only():
+    model = build_network(STAGE_BY_ID["dropout"].network)
+    model.get_layer("probabilities").set_weights([np.random.default_rng(0).normal(size=(1000, 10)).astype("f"),
+                                                  np.zeros(10, "f")])
+    x = np.random.default_rng(1).random((4, 28, 28, 1)).astype(np.float32)
+    inference = [model(x, training=False).numpy() for _ in range(2)]
+    training = [model(x, training=True).numpy() for _ in range(2)]
+    np.testing.assert_array_equal(inference[0], inference[1])
+    assert not np.allclose(training[0], training[1])
+    assert not np.allclose(training[0], inference[0])
+
+
+def test_l2_term_is_weights_only_with_the_given_coefficient():
+    coefficient = 0.5 * 0.1 / 5000  # lambda 0.1, 5,000 mini-batches per epoch
+    model = build_network(STAGE_BY_ID["conv2_relu"].network, l2=coefficient)
+    model(np.zeros((1, 28, 28, 1), np.float32))
+    kernels = [w for w in model.weights if "kernel" in w.path]
+    expected = coefficient * sum(float(np.sum(np.square(w.numpy()))) for w in kernels)
+    assert len(kernels) == 4
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_l2_pooling_is_root_of_sum_of_squares_before_bias_and_activation():
+    layer = ConvPool(1, kernel_size=1, pooling="l2", activation="relu")
+    layer.build((None, 4, 4, 1))
+    layer.kernel.assign(np.ones((1, 1, 1, 1), np.float32))
+    layer.bias.assign(np.array([-1.0], np.float32))
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1) - 8
+    window = x[0, :2, :2, 0]
+    expected = max(0.0, math.sqrt(float(np.sum(window ** 2))) - 1.0)
+    assert float(layer(x)[0, 0, 0, 0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_max_pool_then_bias_and_activation_equals_conv_activation_pool():
+    layer = ConvPool(3, activation="sigmoid", seed=1)
+    x = np.random.default_rng(0).random((2, 28, 28, 1)).astype(np.float32)
+    pooled_first = layer(x)
+    z = keras.ops.conv(x, layer.kernel)
+    reference = keras.ops.max_pool(keras.activations.sigmoid(z + layer.bias), 2, 2)
+    np.testing.assert_allclose(pooled_first, reference, atol=1e-6)
+
+
+def test_network_description_and_model_round_trip(tmp_path):
+    network = Network((Conv(20, pooling="l2"), Dense(100)), "relu", dropout=0.5)
+    assert network.describe() == "conv20-l2pool-fc100-softmax (relu, dropout 0.5)"
+    model = build_network(network, l2=1e-4)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    x = np.random.default_rng(0).random((3, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_allclose(model(x), again(x), atol=1e-6)
+
+
+def test_stage_table_covers_seed_md():
+    main = [s.id for s in STAGES if not s.optional]
+    assert main == ["baseline", "conv1", "conv2", "conv2_relu", "expanded", "extra_fc", "dropout", "ensemble"]
+    assert STAGE_BY_ID["ensemble"].members == 5
+    assert [STAGE_BY_ID[s].reference for s in main] == [0.978, 0.9878, 0.9906, 0.9923, 0.9937, 0.9943, 0.996, 0.9967]
