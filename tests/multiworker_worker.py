@@ -1,0 +1,24 @@
+"""One worker of the two-process MultiWorkerMirroredStrategy test: trains briefly, saves its final weights.
+
+Usage: python multiworker_worker.py OUT.npz (TF_CONFIG set by the test).
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import sources
+from pipeline import strategy as strategies
+
+strategy = strategies.choose("auto")  # TF_CONFIG names a cluster: MultiWorkerMirroredStrategy, created first
+from pipeline.stages import STAGE_BY_ID  # noqa: E402
+from pipeline.train import TrainSettings, train  # noqa: E402
+
+splits = sources.from_sample()
+settings = TrainSettings(epochs=2, batch_size=32, optimizer="adam", learning_rate=0.002, shuffle=True, max_shift=1,
+                         steps_per_call=10, seed=3)
+out = Path(sys.argv[1])
+trained = train(STAGE_BY_ID["conv2_relu"].network, splits, "train", settings, strategy, out.parent / "checkpoints",
+                log=print, train_limit=640)
+np.savez(out, *[w.numpy() for w in trained.model.weights], val=trained.best_val_accuracy,
+         replicas=strategy.num_replicas_in_sync, chief=strategies.is_chief(strategy))

@@ -1,0 +1,119 @@
+"""Training: the best-validation rule, repeatability, resuming after SIGKILL, and two workers staying in sync."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import sources, strategy as strategies
+from pipeline.stages import STAGE_BY_ID
+from pipeline.train import TrainSettings, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return sources.from_sample()
+
+
+def quiet(*args):
+    pass
+
+
+def test_a_tie_goes_to_the_later_epoch(sample, tmp_path):
+    # With a zero learning rate every epoch has the same validation accuracy: the last one must win.
+    settings = TrainSettings(epochs=3, batch_size=50, optimizer="sgd", learning_rate=0.0, steps_per_call=10)
+    trained = train(STAGE_BY_ID["baseline"].network, sample, "train", settings, strategies.choose("default"),
+                    tmp_path, log=quiet, train_limit=500)
+    assert len({h["val_accuracy"] for h in trained.history}) == 1
+    assert trained.best_epoch == 3
+
+
+def test_best_epoch_weights_are_the_ones_returned(sample, tmp_path):
+    settings = TrainSettings(epochs=3, batch_size=50, optimizer="adam", learning_rate=0.002, shuffle=True)
+    trained = train(STAGE_BY_ID["conv2_relu"].network, sample, "train", settings, strategies.choose("default"),
+                    tmp_path, log=quiet, train_limit=1000)
+    best = max(h["val_accuracy"] for h in trained.history)
+    assert trained.best_val_accuracy == best
+    assert trained.best_epoch == max(h["epoch"] for h in trained.history if h["val_accuracy"] == best)
+    from pipeline.train import predict
+    accuracy = (predict(trained.model, sample.validation_images).argmax(1) == sample.validation_labels).mean()
+    assert accuracy == pytest.approx(best)
+
+
+def test_seeded_training_is_repeatable(sample, tmp_path):
+    settings = TrainSettings(epochs=1, batch_size=20, optimizer="sgd", learning_rate=0.03, lmbda=0.1,
+                             shuffle=True, max_shift=1, seed=5)
+    runs = [train(STAGE_BY_ID["dropout"].network, sample, "train", settings, strategies.choose("default"),
+                  tmp_path / str(i), log=quiet, train_limit=400) for i in range(2)]
+    for a, b in zip(*(r.model.weights for r in runs)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_killed_stage_resumes_from_its_last_finished_epoch(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "run_pipeline.py"), "--preset", "quick", "--data", "sample",
+               "--run-dir", str(run_dir), "--stages", "conv2_relu", "--set", "epochs=6", "--set", "train_limit=3000"]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    def checkpointed_epochs() -> int:  # the CheckpointManager's state file names ckpt-<epoch>
+        states = list((run_dir / "checkpoints").glob("conv2_relu-*/checkpoint"))
+        return int(states[0].read_text().split('"')[1].split("-")[-1]) if states else 0
+
+    while time.time() < deadline and first.poll() is None and checkpointed_epochs() < 2:
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run finished before it could be killed"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert 2 <= checkpointed_epochs() < 6
+    assert not (run_dir / "stages" / "conv2_relu").exists()  # nothing half-done taken for finished
+
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    resumed = int(second.stdout.split("resuming after epoch ")[1].split()[0])
+    assert resumed >= 2  # not from zero
+    assert f"epoch {resumed + 1:3d}/6" in second.stdout and f"epoch {resumed:3d}/6" not in second.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())["stages"]["conv2_relu"]
+    history = (run_dir / "stages" / "conv2_relu" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 6  # header + every epoch, before and after the kill
+    accuracies = [float(line.split(",")[2]) for line in history[1:]]
+    assert summary["best_epoch"] == max(i + 1 for i, a in enumerate(accuracies) if a == max(accuracies))
+    assert summary["resumed_from_epoch"] == resumed
+    assert not list((run_dir / "checkpoints").glob("conv2_relu-*"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_on_localhost_end_with_identical_weights(tmp_path):
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+               "PYTHONPATH": str(ROOT)}
+        (tmp_path / str(index)).mkdir()
+        workers.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "multiworker_worker.py"),
+                                         str(tmp_path / str(index) / "weights.npz")], cwd=ROOT, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    a, b = (np.load(tmp_path / str(i) / "weights.npz") for i in range(2))
+    assert int(a["replicas"]) == 2 and bool(a["chief"]) and not bool(b["chief"])
+    weights = [k for k in a.files if k.startswith("arr_")]
+    assert len(weights) == 8  # four layers, kernel and bias each
+    for key in weights:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert float(a["val"]) > 0.5  # it did learn
+    assert (tmp_path / "0" / "checkpoints" / "checkpoint").exists()  # the chief checkpoints to the real place
+    assert not (tmp_path / "1" / "checkpoints" / "checkpoint").exists()  # the other worker to scratch
