@@ -1,0 +1,137 @@
+"""The runner and CLI: skipping what is done, refusing a second run, clear errors, nothing half-written."""
+import fcntl
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import run_pipeline
+from pipeline import config
+from pipeline.errors import PipelineError
+from pipeline.runner import plan
+from tests.test_sources import SHARED_MNIST, make_mirror, needs_mnist
+
+
+def run(capsys, *args):
+    code = run_pipeline.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@needs_mnist
+@pytest.mark.parametrize("as_url", [False, True])
+def test_download_and_expand_full_mnist_then_skip(capsys, tmp_path, as_url):
+    data = SHARED_MNIST.as_uri() if as_url else str(SHARED_MNIST)
+    args = ["--stages", "download,expand", "--data", data, "--run-dir", str(tmp_path)]
+    code, out, _ = run(capsys, *args)
+    assert code == 0, out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [summary["data"][k] for k in ("train", "validation", "test", "expanded_train")] == [
+        50_000, 10_000, 10_000, 250_000]
+    assert summary["data"]["sample"] is False and len(summary["data"]["digest"]) == 64
+    assert summary["environment"]["tensorflow"] and "numpy" in summary["environment"]
+    assert len(list((tmp_path / "expanded").glob("images_*.npy"))) == 5
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    assert "[download] done already" in out and "[expand] done already" in out
+
+
+def test_naming_a_stage_plans_what_it_needs():
+    assert plan(["expanded"]) == ["download", "expand", "expanded"]
+    assert plan(["ensemble"]) == ["download", "expand", "dropout", "ensemble"]
+    assert plan(["report"]) == ["report"]
+    with pytest.raises(PipelineError, match="Unknown step or stage nope"):
+        plan(["nope"])
+
+
+def test_a_second_concurrent_run_is_refused(capsys, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242")
+        held.flush()
+        code, out, err = run(capsys, "--stages", "download", "--data", "sample", "--run-dir", str(tmp_path))
+    assert code == 2
+    assert "is in use by another run (pid 4242)" in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists()
+    code, _, _ = run(capsys, "--stages", "download", "--data", "sample", "--run-dir", str(tmp_path))
+    assert code == 0  # the lock went with its holder
+
+
+def test_an_interrupted_step_leaves_nothing_taken_for_finished(capsys, tmp_path, monkeypatch):
+    assert run(capsys, "--stages", "download", "--data", "sample", "--run-dir", str(tmp_path))[0] == 0
+    real_save = np.save
+
+    def dying_save(path, array):  # the process "dies" between the images and the labels of a shard
+        if "labels_" in str(path):
+            raise KeyboardInterrupt
+        real_save(path, array)
+
+    monkeypatch.setattr(np, "save", dying_save)
+    code, _, err = run(capsys, "--stages", "expand", "--run-dir", str(tmp_path))
+    assert code == 130 and "resumes" in err
+    assert not (tmp_path / "expanded").exists()
+    assert "expand" not in json.loads((tmp_path / "manifest.json").read_text())
+    monkeypatch.setattr(np, "save", real_save)
+    leftover = tmp_path / ".unfinished-expanded-killed"  # what a SIGKILL would leave behind
+    leftover.mkdir()
+    (leftover / "images_000.npy").write_bytes(b"half")
+    code, out, _ = run(capsys, "--stages", "expand", "--run-dir", str(tmp_path))
+    assert code == 0 and "20000 training images" in out
+    assert not leftover.exists()
+
+
+@pytest.mark.parametrize("source, message", [
+    ("http://127.0.0.1:9/", "Could not fetch http://127.0.0.1:9/"),
+    ("/no/such/place", "neither auto, tfds, sample, a directory, nor a URL"),
+])
+def test_a_bad_source_is_one_sentence_and_a_nonzero_exit(capsys, tmp_path, source, message):
+    code, _, err = run(capsys, "--stages", "download", "--data", source, "--run-dir", str(tmp_path / "r"))
+    assert code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_corrupt_file_is_named(capsys, tmp_path):
+    make_mirror(tmp_path / "m", sums=False)
+    raw = (tmp_path / "m" / "train-images-idx3-ubyte.gz").read_bytes()
+    (tmp_path / "m" / "train-images-idx3-ubyte.gz").write_bytes(raw[:100])
+    code, _, err = run(capsys, "--stages", "download", "--data", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and "train-images-idx3-ubyte.gz is not a readable gzip file" in err
+
+
+def test_set_overrides_are_typed():
+    settings = config.resolve("fast", ["batch_size=32", "epochs.conv1=3", "shuffle=false", "learning_rate=1e-3"])
+    assert settings["batch_size"] == 32 and settings["shuffle"] is False and settings["learning_rate"] == 0.001
+    assert config.for_stage(settings, "epochs", "conv1") == 3
+    assert config.for_stage(settings, "epochs", "baseline") == config.PRESETS["fast"]["epochs"]["baseline"]
+    assert config.for_stage(config.resolve("fast", ["epochs=2"]), "epochs", "dropout") == 2
+    with pytest.raises(PipelineError, match="expected a int, not 'big'"):
+        config.resolve("fast", ["batch_size=big"])
+    with pytest.raises(PipelineError, match="key one of"):
+        config.resolve("fast", ["colour=red"])
+
+
+def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only_its_stage(capsys, tmp_path):
+    """The whole pipeline on the sample: training, evaluation, export, ensemble bundle and report."""
+    small = ["--preset", "quick", "--data", "sample", "--run-dir", str(tmp_path), "--set", "train_limit=640",
+             "--set", "epochs=1", "--set", "batch_size=64"]
+    code, out, err = run(capsys, *small)
+    assert code == 0, out + err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["data"]["sample"] is True and summary["data"]["warning"]
+    for stage in ["baseline", "conv1", "conv2", "conv2_relu", "expanded", "extra_fc", "dropout", "ensemble"]:
+        entry = summary["stages"][stage]
+        assert entry["status"] == "done"
+        assert 0 <= entry["test_accuracy"] <= 1 and entry["reference_accuracy"] > 0.97
+        assert entry["evaluation"]["accuracy"] == pytest.approx(entry["test_accuracy"])
+        assert entry["export"]["parity_max_abs_diff"] <= 1e-5
+    assert len(summary["stages"]["ensemble"]["members"]) == 5
+    assert (tmp_path / "stages" / "conv1" / "model.keras").exists()
+    assert (tmp_path / summary["stages"]["conv1"]["export"]["onnx"]).exists()
+    assert (tmp_path / "bundle" / "ensemble.onnx").exists() and (tmp_path / "report" / "report.html").exists()
+    assert not list((tmp_path / "checkpoints").iterdir())
+
+    code, out, _ = run(capsys, *small, "--set", "learning_rate.conv1=0.01", "--stages", "baseline,conv1")
+    assert code == 0
+    assert "[baseline] done already" in out and "[conv1] conv20-fc100-softmax" in out
