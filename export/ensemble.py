@@ -9,6 +9,12 @@ Session options, chosen on purpose:
 - graph_optimization_level = ORT_ENABLE_ALL: constant folding, Conv/MatMul +
   bias + activation fusion, and the CPU's blocked (NCHWc) layout for the
   convolutions; the optimised graph is built once, when the session loads.
+- session.intra_op.allow_spinning = 0: idle pool threads sleep instead of
+  spin-waiting for the next operator. Spinning threads steal the cores the
+  work needs whenever the CPU is shared, and five separate sessions (five
+  pools) steal them from each other: measured on a busy 2-core machine, five
+  sessions went from 24 ms to 3.7 ms per image at batch 1, and from 530 to
+  1,260 images/s at batch 1,000.
 """
 import json
 import os
@@ -40,6 +46,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
