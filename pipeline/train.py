@@ -70,6 +70,34 @@ def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optim
     raise ValueError(f"unknown optimizer {settings.optimizer!r}")
 
 
+def make_train_steps(model, optimizer, strategy, global_batch: int):
+    """A tf.function running `steps` training steps on a distributed iterator; returns the summed loss.
+
+    Mean negative log-likelihood over the global batch plus the L2 term,
+    one optimizer update per step, on every replica of the strategy.
+    """
+    def step(batch):
+        x, y = batch
+        with tf.GradientTape() as tape:
+            probabilities = model(x, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(y, probabilities)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    @tf.function
+    def train_steps(iterator, steps):
+        total = tf.constant(0.0)
+        for _ in tf.range(steps):
+            total += strategy.reduce("SUM", strategy.run(step, args=(next(iterator),)), axis=None)
+        return total
+
+    return train_steps
+
+
 def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Probabilities [N, 10] for uint8 images [N, 28, 28], in inference mode (no dropout)."""
     forward = tf.function(lambda x: model(x, training=False))
@@ -132,24 +160,7 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
             f"(best so far {best_val.numpy():.4f} at epoch {int(best_epoch.numpy())})")
     resumed_from = int(epoch_done.numpy())
 
-    def step(batch):
-        x, y = batch
-        with tf.GradientTape() as tape:
-            probabilities = model(x, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(y, probabilities)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return loss
-
-    @tf.function
-    def train_steps(iterator, steps):
-        total = tf.constant(0.0)
-        for _ in tf.range(steps):
-            total += strategy.reduce("SUM", strategy.run(step, args=(next(iterator),)), axis=None)
-        return total
+    train_steps = make_train_steps(model, optimizer, strategy, global_batch)
 
     @tf.function
     def count_correct(batch):
