@@ -7,7 +7,6 @@ the last 10,000 validate.
 """
 import concurrent.futures
 import gzip
-import hashlib
 import http.client
 import os
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.artifacts import sha256
 from pipeline.errors import PipelineError
 from pipeline.idx import read_idx
 
@@ -70,14 +70,6 @@ def reference_split(train_images, train_labels, test_images, test_labels, source
                   split="reference: official train[:50000] / train[50000:] / test")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def parse_sha256sums(text: str) -> dict:
     return {name.lstrip("*"): digest for digest, name in (line.split() for line in text.splitlines() if line.strip())}
 
@@ -99,7 +91,7 @@ def from_directory(directory) -> Splits:
         found = next((path for path in candidates if path.exists()), None)
         if found is None:
             raise PipelineError(f"{directory} has no {name} (nor an uncompressed {stem}).")
-        if found.name in sums and sha256_of(found) != sums[found.name]:
+        if found.name in sums and sha256(found) != sums[found.name]:
             raise PipelineError(f"{found} does not match the SHA-256 in {directory / 'SHA256SUMS'}.")
         paths[name] = found
     return read_idx_set(paths, source=str(directory))
@@ -117,7 +109,7 @@ def fetch(url: str, timeout: float = NETWORK_TIMEOUT) -> bytes:
         raise PipelineError(f"Could not fetch {url} ({reason}).") from None
 
 
-def download_verified(url: str, destination: Path, sha256: str) -> None:
+def download_verified(url: str, destination: Path, expected: str) -> None:
     """Fetch url into destination via a temporary file; rename only after the checksum passes.
 
     A mismatch (or a transfer cut short) is retried once, then reported.
@@ -129,13 +121,13 @@ def download_verified(url: str, destination: Path, sha256: str) -> None:
             except PipelineError:
                 os.unlink(tmp.name)
                 raise
-        got = sha256_of(Path(tmp.name))
-        if got == sha256:
+        got = sha256(Path(tmp.name))
+        if got == expected:
             os.replace(tmp.name, destination)
             return
         os.unlink(tmp.name)
     raise PipelineError(f"{destination.name} from {url} failed its SHA-256 check twice "
-                        f"(expected {sha256[:12]}..., got {got[:12]}...).")
+                        f"(expected {expected[:12]}..., got {got[:12]}...).")
 
 
 def from_mirror(url: str, cache_dir: Path) -> Splits:
@@ -155,7 +147,7 @@ def from_mirror(url: str, cache_dir: Path) -> Splits:
         if name not in sums:
             raise PipelineError(f"The SHA256SUMS of {base} does not list {name}.")
         path = cache_dir / name
-        if not (path.exists() and sha256_of(path) == sums[name]):
+        if not (path.exists() and sha256(path) == sums[name]):
             download_verified(base + name, path, sums[name])
         paths[name] = path
     return read_idx_set(paths, source=base)
