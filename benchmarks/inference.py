@@ -13,12 +13,12 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.flops import count_macs, matmul_flops, timed
 from export.bundle import as_images
 from export.ensemble import Ensemble, session_options
 
@@ -152,34 +152,6 @@ def measure(candidates: dict, images: np.ndarray, repeats: int, calls: int):
             first = round_ * calls // repeats
             seconds[name] += [timed(lambda: predict(images[i:i + 1])) for i in range(first, first + calls // repeats)]
     return rates, seconds
-
-
-def count_macs(model) -> int:
-    """Multiply-accumulates per image of the convolutions and dense layers (pooling and activations are minor)."""
-    macs = 0
-    for layer in model.layers:
-        if hasattr(layer, "kernel_size") and hasattr(layer, "kernel"):  # ConvPool: every conv output position
-            size = layer.input.shape[1]
-            positions = ((size - layer.kernel_size) // layer.strides + 1 if layer.padding == "valid"
-                         else -(-size // layer.strides)) ** 2
-            macs += positions * int(np.prod(layer.kernel.shape))
-        elif hasattr(layer, "kernel"):
-            macs += int(np.prod(layer.kernel.shape))
-    return macs
-
-
-def matmul_flops(size: int = 2048, repeats: int = 5) -> float:
-    """The best float32 matrix-product speed of NumPy's BLAS here, in FLOP/s: the practical peak."""
-    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
-    a @ a
-    best = min(timed(lambda: a @ a) for _ in range(repeats))
-    return 2 * size ** 3 / best
-
-
-def timed(action) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
 
 
 def markdown(result: dict) -> str:

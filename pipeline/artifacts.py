@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.artifacts import write_json  # noqa: F401  (one atomic JSON writer for the project)
 from pipeline.errors import PipelineError
 
 
@@ -41,15 +42,6 @@ def clean_unfinished(directory: Path) -> None:
     if directory.exists():
         for leftover in directory.rglob(".unfinished-*"):
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-
-
-def write_json(path: Path, value) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".unfinished-{path.name}.", delete=False) as tmp:
-        json.dump(value, tmp, indent=2, sort_keys=False)
-        tmp.write("\n")
-    os.replace(tmp.name, path)
 
 
 def digest_arrays(*arrays: np.ndarray) -> str:

