@@ -19,7 +19,7 @@ EPOCHS = 4
 MEMBERS = 5
 
 
-def make_run(run_dir: Path, stages=("baseline", "conv1", "conv2_relu", "ensemble"), preset="fast",
+def make_run(run_dir: Path, stages=("baseline", "conv1", "conv2_relu", "ensemble"), preset="seed",
              sample=False, save_models=True, seed=0) -> Path:
     """Write data/, stages/ and summary.json for the given stages; return run_dir."""
     rng = np.random.default_rng(seed)

@@ -14,7 +14,7 @@ from tests.report_fixtures import make_run, markdown_table
 def runs(tmp_path_factory):
     """Run A: baseline and conv2_relu; run B (another seed): baseline and the ensemble."""
     root = tmp_path_factory.mktemp("runs")
-    return [make_run(root / "a", stages=("baseline", "conv2_relu"), save_models=False),
+    return [make_run(root / "a", stages=("baseline", "conv2_relu"), preset="fast", save_models=False),
             make_run(root / "b", stages=("baseline", "ensemble"), preset="seed", seed=1, save_models=False)]
 
 
