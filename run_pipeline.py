@@ -58,8 +58,7 @@ def main(argv=None) -> int:
             if not strategies.is_chief(strategy):
                 run_dir = Path(tempfile.mkdtemp(prefix="mnist-worker-"))  # only the chief writes the run dir
         runner = Runner(run_dir, args.preset, settings, args.data, force=args.force,
-                        log=lambda text: print(text, flush=True))
-        runner._strategy = strategy
+                        log=lambda text: print(text, flush=True), strategy=strategy)
         runner.run(requested)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)

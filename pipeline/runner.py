@@ -80,11 +80,10 @@ def environment() -> dict:
 
 class Runner:
     def __init__(self, run_dir: Path, preset: str, settings: dict, data_spec: str, force: bool = False,
-                 log=print, strategy_factory=None):
+                 log=print, strategy=None):
         self.run_dir, self.preset, self.settings = Path(run_dir), preset, settings
         self.data_spec, self.force, self.log = data_spec, force, log
-        self.strategy_factory = strategy_factory
-        self._strategy = None
+        self._strategy = strategy  # None: chosen from the hardware when training first needs it
         self.summary_path = self.run_dir / "summary.json"
         self.manifest_path = self.run_dir / "manifest.json"
         self.summary = self._read_json(self.summary_path)
@@ -98,13 +97,14 @@ class Runner:
     @property
     def strategy(self):
         """Created on first use: a run that only prepares data never starts TensorFlow's runtime."""
+        import tensorflow as tf
+
+        from pipeline import strategy
         if self._strategy is None:
-            from pipeline import strategy
-            import tensorflow as tf
             self._strategy = strategy.choose(self.settings["strategy"])
-            gpus = tf.config.list_logical_devices("GPU")
-            self.summary.setdefault("environment", {}).update(
-                strategy=strategy.describe(self._strategy), device=f"GPU x{len(gpus)}" if gpus else "CPU")
+        gpus = tf.config.list_logical_devices("GPU")
+        self.summary.setdefault("environment", {}).update(
+            strategy=strategy.describe(self._strategy), device=f"GPU x{len(gpus)}" if gpus else "CPU")
         return self._strategy
 
     # -- bookkeeping ------------------------------------------------------------------------------
