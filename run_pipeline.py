@@ -5,10 +5,13 @@ Naming a step or stage runs whatever it needs that is not done yet; a rerun
 skips what is done and unchanged, and resumes a stage that was interrupted.
 """
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
 
 from pipeline import config
 from pipeline.errors import PipelineError
