@@ -25,11 +25,11 @@ PRESETS = {
         "steps_per_call": 50, "train_limit": 0, "seed": 0, "strategy": "auto",
     },
     # Every stage end to end in minutes: a smoke test and demo, not an accuracy run.
-    # (Sigmoid nets sit on a plateau for their first few hundred steps: 600 steps get past it.)
+    # (Sigmoid nets sit on a plateau for their first few hundred steps: ~470 steps get past it.)
     "quick": {
-        "batch_size": 32, "optimizer": "adam", "learning_rate": 0.001, "schedule": "warmup_cosine",
-        "warmup_fraction": 0.03, "epochs": 2, "shuffle": True, "max_shift": 0,
-        "steps_per_call": 50, "train_limit": 10000, "seed": 0, "strategy": "auto",
+        "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
+        "warmup_fraction": 0.03, "epochs": 3, "shuffle": True, "max_shift": 0,
+        "steps_per_call": 50, "train_limit": 20000, "seed": 0, "strategy": "auto",
     },
 }
 

@@ -60,7 +60,8 @@ def test_seeded_training_is_repeatable(sample, tmp_path):
 def test_a_killed_stage_resumes_from_its_last_finished_epoch(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, str(ROOT / "run_pipeline.py"), "--preset", "quick", "--data", "sample",
-               "--run-dir", str(run_dir), "--stages", "conv2_relu", "--set", "epochs=6", "--set", "train_limit=3000"]
+               "--run-dir", str(run_dir), "--stages", "conv2_relu", "--set", "epochs=6", "--set", "train_limit=3000",
+               "--set", "batch_size=32"]
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     def checkpointed_epochs() -> int:  # the CheckpointManager's state file names ckpt-<epoch>
