@@ -12,8 +12,6 @@ restarts from its last finished epoch.
 """
 import csv
 import json
-import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,8 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from export.artifacts import write_json
 from models import Network, build_network
 from pipeline import inputs
+from pipeline.errors import PipelineError
 from pipeline.strategy import is_chief
 
 
@@ -113,12 +113,6 @@ def write_history_csv(path: Path, history: list) -> None:
         writer.writerows(history)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-
-
 def train(network: Network, splits, data: str, settings: TrainSettings, strategy: tf.distribute.Strategy,
           checkpoint_dir: Path, log=print, train_limit: int = 0, tensorboard_dir: Path | None = None) -> Trained:
     """Train `network` on splits' train (or expanded) set; select the epoch by validation accuracy.
@@ -132,7 +126,8 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     global_batch = settings.batch_size
     steps_per_epoch = len(train_x) // global_batch
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_x)} training images make no batch of {global_batch}")
+        raise PipelineError(f"{len(train_x)} training images make no full batch of {global_batch}; "
+                            f"lower batch_size or raise train_limit.")
     chief = is_chief(strategy)
     if not chief:  # other workers checkpoint too (collective ops), but to a scratch directory
         checkpoint_dir = Path(tempfile.mkdtemp(prefix="worker-checkpoint-"))
@@ -202,7 +197,7 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
         history.append({"epoch": epoch, "loss": round(loss_sum / steps_per_epoch, 6),
                         "val_accuracy": val_accuracy, "seconds": round(seconds, 3)})
         epoch_done.assign(epoch)
-        atomic_write_text(history_path, json.dumps(history))  # before the checkpoint: never shorter than it
+        write_json(history_path, history)  # before the checkpoint, so never shorter than it
         manager.save()
         if writer:
             with writer.as_default():
