@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.flops import count_macs, matmul_flops, timed
-from export.bundle import as_images
+from export.contract import as_images
 from export.ensemble import Ensemble, session_options
 
 BATCH = 1000

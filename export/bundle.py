@@ -12,8 +12,8 @@ from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantT
                                       quantize_static)
 
 from export.artifacts import ExportError, as_properties, copy_file, sha256, write_bytes, write_json
-from export.contract import (CLASS_OUTPUT, IMAGE_SHAPE, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, OPSET,
-                             PREPROCESSING, VOTES_OUTPUT)
+from export.contract import (CLASS_OUTPUT, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, OPSET, PREPROCESSING,
+                             VOTES_OUTPUT, as_images)
 from export.ensemble import Ensemble
 from export.fuse import fuse
 
@@ -72,13 +72,6 @@ def build_bundle(member_onnx_paths: list[Path], out_dir: Path, *, calibration_im
     }
     write_json(out_dir / "manifest.json", manifest)
     return manifest
-
-
-def as_images(images) -> np.ndarray:
-    """uint8 [N, 28, 28] (a run's data files) or float [N, 28, 28(, 1)] -> float32 [N, 28, 28, 1] in [0, 1]."""
-    images = np.asarray(images)
-    scale = 255.0 if images.dtype == np.uint8 else 1.0
-    return (images.astype(np.float32) / scale).reshape(-1, *IMAGE_SHAPE)
 
 
 def quantize_members(out_dir: Path, members: list[Path], calibration_images: np.ndarray) -> list[Path]:

@@ -3,6 +3,8 @@
 Kept in one place so the exporter, the bundle, the ensemble and the
 prediction command cannot drift apart.
 """
+import numpy as np
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 IMAGE_SHAPE = (28, 28, 1)
@@ -20,3 +22,10 @@ INPUT_CONTRACT = {
 }
 PREPROCESSING = ("MNIST convention: 28x28 grayscale, white digit on black, pixel / 255 in [0, 1], "
                  "digit scaled to fit 20x20 and centred by its centre of mass in the 28x28 frame")
+
+
+def as_images(images) -> np.ndarray:
+    """uint8 [N, 28, 28] (a run's data files) or float [N, 28, 28(, 1)] -> float32 [N, 28, 28, 1] in [0, 1]."""
+    images = np.asarray(images)
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    return (images.astype(np.float32) / scale).reshape(-1, *IMAGE_SHAPE)

@@ -14,17 +14,13 @@ import keras
 import numpy as np
 
 import models  # noqa: F401  (registers the custom layers for loading .keras files)
+from export.contract import as_images
 from export.vote import vote
 from pipeline.artifacts import staged_directory, write_json
 from pipeline.evaluate import evaluate
 from pipeline.train import Trained, predict, train, write_history_csv
 
 CALIBRATION_IMAGES = 1000
-
-
-def as_float(images: np.ndarray) -> np.ndarray:
-    """uint8 [N, 28, 28] -> the export contract's float32 [N, 28, 28, 1] in [0, 1]."""
-    return images[..., None].astype(np.float32) / 255.0
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -39,7 +35,7 @@ def train_member(runner, stage, splits, checkpoint_dir: Path, seed_offset: int =
 
 def export(model, out_dir: Path, run_relative: str, name: str, metadata: dict, splits) -> dict:
     from export.tf_export import export_model
-    result = export_model(model, out_dir, name=name, metadata=metadata, images=as_float(splits.test_images))
+    result = export_model(model, out_dir, name=name, metadata=metadata, images=as_images(splits.test_images))
     for key in ("savedmodel", "onnx"):
         result[key] = f"{run_relative}/{result[key]}"
     return result
@@ -135,8 +131,8 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
         with staged_directory(runner.run_dir / "bundle") as bundle:
             entry["bundle"] = build_bundle(
                 [tmp / "export" / f"member_{k}" / Path(e["onnx"]).name for k, e in enumerate(exports)], bundle,
-                calibration_images=as_float(splits.train_images[:CALIBRATION_IMAGES]),
-                test_images=as_float(splits.test_images), test_labels=splits.test_labels,
+                calibration_images=as_images(splits.train_images[:CALIBRATION_IMAGES]),
+                test_images=as_images(splits.test_images), test_labels=splits.test_labels,
                 metadata={"stage": stage.id, "network": entry["network"], "reference_accuracy": stage.reference,
                           "keras_vote_accuracy": entry["test_accuracy"]})
     return entry
