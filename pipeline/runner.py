@@ -188,9 +188,9 @@ class Runner:
     def load_splits(self, expanded: bool):
         """The prepared arrays (and the expanded set, when asked), loaded once per run."""
         if self.splits is None:
-            data = self.run_dir / "data"
+            data, info = self.run_dir / "data", self._data_info()
             self.splits = sources.Splits(**{name: np.load(data / f"{name}.npy") for name in SPLIT_NAMES},
-                                         source=self._data_info()["source"], split=self._data_info()["split"])
+                                         source=info["source"], split=info["split"])
         if expanded and not hasattr(self.splits, "expanded_images"):
             shards = sorted((self.run_dir / "expanded").glob("images_*.npy"))
             if not shards:
