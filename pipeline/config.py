@@ -20,7 +20,7 @@ PRESETS = {
     "fast": {
         "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
         "warmup_fraction": 0.03,
-        "epochs": {"default": 15, "baseline": 30, "expanded": 3, "extra_fc": 5, "dropout": 4, "ensemble": 4},
+        "epochs": {"default": 15, "baseline": 30, "expanded": 3, "extra_fc": 5, "dropout": 6, "ensemble": 6},
         "shuffle": True, "max_shift": 1,
         "steps_per_call": 50, "train_limit": 0, "seed": 0, "strategy": "auto",
     },
