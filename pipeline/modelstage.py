@@ -7,7 +7,9 @@ so a killed stage resumes where it stopped.
 """
 import csv
 import dataclasses
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import keras
@@ -18,6 +20,7 @@ from export.contract import as_images
 from export.vote import vote
 from pipeline.artifacts import staged_directory, write_json
 from pipeline.evaluate import evaluate
+from pipeline.strategy import is_default
 from pipeline.train import Trained, predict, train, write_history_csv
 
 CALIBRATION_IMAGES = 1000
@@ -27,9 +30,9 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=-1) == labels).mean())
 
 
-def train_member(runner, stage, splits, checkpoint_dir: Path, seed_offset: int = 0) -> Trained:
+def train_member(runner, stage, splits, checkpoint_dir: Path, seed_offset: int = 0, log=None) -> Trained:
     return train(stage.network, splits, stage.data, runner.train_settings(stage, seed_offset), runner.strategy,
-                 checkpoint_dir, log=runner.log, train_limit=runner.settings["train_limit"],
+                 checkpoint_dir, log=log or runner.log, train_limit=runner.settings["train_limit"],
                  tensorboard_dir=runner.run_dir / "tensorboard" / stage.id / f"seed_{seed_offset}")
 
 
@@ -92,14 +95,65 @@ def reusable_dropout_member(runner, stage):
                    images_per_second=dropout["train_images_per_second"])
 
 
+def members_at_once(runner, count: int) -> int:
+    """How many ensemble members train side by side (setting parallel_members; "auto" decides from the hardware).
+
+    On CPU under the default strategy, one per core, up to the count: small
+    kernels leave cores idle, and a second network fills them (measured here,
+    2 cores: 1.1-1.5x at batch 10, 1.0-1.2x at batch 128). Under Mirrored
+    (GPUs) one member already uses every device, and under MultiWorker every
+    worker must issue the same collectives in the same order, so members go
+    one after another.
+    """
+    wanted = runner.settings.get("parallel_members", "auto")
+    if wanted != "auto":
+        return max(1, min(int(wanted), count))
+    return max(1, min(os.cpu_count() or 1, count)) if is_default(runner.strategy) else 1
+
+
+def run_concurrently(jobs: list, workers: int) -> list:
+    """Each job's result, in order, running at most `workers` jobs at a time; the first failure is raised.
+
+    Daemon threads: Ctrl-C stops the run at once, like a kill, and every
+    member resumes from its last checkpoint next time.
+    """
+    if workers <= 1:
+        return [job() for job in jobs]
+    results, failures, pending, lock = [None] * len(jobs), [], list(enumerate(jobs)), threading.Lock()
+
+    def worker():
+        while not failures:
+            with lock:
+                if not pending:
+                    return
+                index, job = pending.pop(0)
+            try:
+                results[index] = job()
+            except BaseException as error:  # re-raised in the calling thread
+                failures.append(error)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, len(jobs)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return results
+
+
 def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
-    members = []
-    for k in range(stage.members):
-        member = reusable_dropout_member(runner, stage) if k == 0 else None
-        if member is None:
-            runner.log(f"  member {k + 1} of {stage.members} (seed offset {k})")
-            member = train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", seed_offset=k)
-        members.append(member)
+    reused = reusable_dropout_member(runner, stage)
+    to_train = [k for k in range(stage.members) if not (k == 0 and reused)]
+    workers = members_at_once(runner, len(to_train))
+    if to_train:
+        runner.log(f"  training member(s) {', '.join(map(str, to_train))} of {stage.members}, {workers} at a time")
+
+    def job(k):
+        log = lambda text: runner.log(f"  [member {k}]{text}")
+        return lambda: train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", seed_offset=k, log=log)
+
+    members = ([reused] if reused else []) + run_concurrently([job(k) for k in to_train], workers)
     test = np.stack([predict(m.model, splits.test_images) for m in members])
     validation = np.stack([predict(m.model, splits.validation_images) for m in members])
     classes, _, _ = vote(test)
@@ -109,6 +163,7 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
         best_epoch=None, val_accuracy=float((val_classes == splits.validation_labels).mean()),
         test_accuracy=float((classes == splits.test_labels).mean()),
         train_images_per_second=round(float(np.mean([m.images_per_second for m in members])), 1),
+        members_at_once=workers,
         members=[{"seed": runner.train_settings(stage, k).seed, "best_epoch": m.best_epoch,
                   "val_accuracy": m.best_val_accuracy, "test_accuracy": accuracy(p, splits.test_labels)}
                  for k, (m, p) in enumerate(zip(members, test))],

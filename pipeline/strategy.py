@@ -40,5 +40,10 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                              and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def is_default(strategy: tf.distribute.Strategy) -> bool:
+    """The default strategy: one device, no replicas or workers to keep in step."""
+    return not isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy))
+
+
 def describe(strategy: tf.distribute.Strategy) -> str:
     return f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replica(s))"

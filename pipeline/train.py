@@ -133,7 +133,6 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
         checkpoint_dir = Path(tempfile.mkdtemp(prefix="worker-checkpoint-"))
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
-    keras.utils.set_random_seed(settings.seed)
     l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
     with strategy.scope():
         model = build_network(network, l2=l2, seed=settings.seed)

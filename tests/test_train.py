@@ -6,12 +6,14 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline import sources, strategy as strategies
+from pipeline.modelstage import run_concurrently
 from pipeline.stages import STAGE_BY_ID
 from pipeline.train import TrainSettings, train
 
@@ -55,6 +57,32 @@ def test_seeded_training_is_repeatable(sample, tmp_path):
                   tmp_path / str(i), log=quiet, train_limit=400) for i in range(2)]
     for a, b in zip(*(r.model.weights for r in runs)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_members_trained_side_by_side_equal_members_trained_one_after_another(sample, tmp_path):
+    """The ensemble's concurrent training must not change a member: every random op is explicitly seeded."""
+    settings = TrainSettings(epochs=1, batch_size=20, optimizer="adam", learning_rate=0.002, shuffle=True,
+                             max_shift=1)
+
+    def member(seed, mode):
+        return lambda: train(STAGE_BY_ID["dropout"].network, sample, "train", replace(settings, seed=seed),
+                             strategies.choose("default"), tmp_path / mode / str(seed), log=quiet, train_limit=400)
+
+    alone = run_concurrently([member(seed, "alone") for seed in (0, 1)], workers=1)
+    together = run_concurrently([member(seed, "together") for seed in (0, 1)], workers=2)
+    for one, other in zip(alone, together):
+        for a, b in zip(one.model.weights, other.model.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(alone[0].model.weights[0].numpy(), alone[1].model.weights[0].numpy())
+
+
+def test_concurrent_jobs_keep_their_order_and_raise_the_first_failure():
+    assert run_concurrently([lambda k=k: k * k for k in range(5)], workers=2) == [0, 1, 4, 9, 16]
+
+    def fail():
+        raise ValueError("member 1 failed")
+    with pytest.raises(ValueError, match="member 1 failed"):
+        run_concurrently([lambda: 0, fail, lambda: 2], workers=2)
 
 
 def test_a_killed_stage_resumes_from_its_last_finished_epoch(tmp_path):
