@@ -69,12 +69,10 @@ def main(argv=None) -> dict:
 
 def from_run(run: Path):
     """The run's stage-6 Keras model, the ensemble's Keras members, the ONNX export, the bundle, the test images."""
-    import keras
-
-    import models  # noqa: F401  registers ConvPool for loading
+    from models.networks import load_model
     summary = json.loads((run / "summary.json").read_text())
-    model = keras.saving.load_model(run / "stages" / STAGE / "model.keras")
-    members = [keras.saving.load_model(path) for path in sorted((run / "stages/ensemble/members").glob("*.keras"))]
+    model = load_model(run / "stages" / STAGE / "model.keras")
+    members = [load_model(path) for path in sorted((run / "stages/ensemble/members").glob("*.keras"))]
     onnx_path = run / summary["stages"][STAGE]["export"]["onnx"]
     images = as_images(np.load(run / "data" / "test_images.npy"))
     return model, members, onnx_path, run / "bundle", images, str(run)
@@ -86,16 +84,16 @@ def untrained(scratch: Path):
 
     import mlxtend
 
-    import models
     from export.bundle import build_bundle
     from export.tf_export import export_model
+    from models.networks import build_network
     from pipeline.stages import STAGE_BY_ID
     with gzip.open(Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz", "rt") as file:
         table = np.loadtxt(file, delimiter=",", dtype=np.float32)
     images, labels = as_images(table[:, :-1] / 255), table[:, -1].astype(np.int64)
     networks, paths = [], []
     for seed in range(5):
-        model = models.build_network(STAGE_BY_ID[STAGE].network, seed=seed)
+        model = build_network(STAGE_BY_ID[STAGE].network, seed=seed)
         kernel = model.get_layer("probabilities").kernel
         kernel.assign(np.random.default_rng(seed).normal(0, 0.05, kernel.shape).astype(np.float32))
         export_model(model, scratch / f"m{seed}", name=STAGE, metadata={"stage": STAGE}, images=images[:1000])

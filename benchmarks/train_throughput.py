@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.flops import count_macs, matmul_flops, timed
-from models import build_network
+from models.networks import build_network
 from pipeline import config, inputs, strategy as strategies
 from pipeline.stages import STAGE_BY_ID, STAGES
 from pipeline.train import TrainSettings, make_optimizer, make_train_steps

@@ -1,5 +1,9 @@
-"""The reference layers and networks of SEED.md."""
-from models.layers import ConvPool
-from models.networks import Conv, Dense, Network, build_network
+"""The reference networks of SEED.md.
 
-__all__ = ["Conv", "ConvPool", "Dense", "Network", "build_network"]
+The specs (models.specs) are plain data and import no Keras, so the stage
+table loads at once; models.networks builds and loads Keras models and
+models.layers holds the one custom layer.
+"""
+from models.specs import Conv, Dense, Network
+
+__all__ = ["Conv", "Dense", "Network"]

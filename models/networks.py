@@ -1,41 +1,8 @@
-"""Network specs as data, and the one function that turns a spec into a Keras model."""
-from dataclasses import dataclass
-
+"""The one function that turns a network spec into a Keras model, and the loader for saved ones."""
 import keras
 
 from models.layers import ConvPool, reference_bias_init, reference_kernel_init
-
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
-
-
-@dataclass(frozen=True)
-class Conv:
-    filters: int
-    kernel_size: int = 5
-    pool_size: int = 2
-    pooling: str = "max"
-    strides: int = 1
-    padding: str = "valid"
-
-
-@dataclass(frozen=True)
-class Dense:
-    units: int
-
-
-@dataclass(frozen=True)
-class Network:
-    """Hidden layers, their activation, and the dropout on FC/softmax inputs."""
-    hidden: tuple
-    activation: str = "sigmoid"
-    dropout: float = 0.0
-
-    def describe(self) -> str:
-        parts = [f"conv{l.filters}" + ("-l2pool" if l.pooling == "l2" else "") if isinstance(l, Conv)
-                 else f"fc{l.units}" for l in self.hidden]
-        text = "-".join(parts + ["softmax"]) + f" ({self.activation}"
-        return text + (f", dropout {self.dropout:g})" if self.dropout else ")")
+from models.specs import IMAGE_SHAPE, NUM_CLASSES, Conv, Network
 
 
 def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = "net") -> keras.Model:
@@ -69,3 +36,8 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", kernel_initializer="zeros",
                                      kernel_regularizer=regularizer, name="probabilities"))
     return keras.Sequential(layers, name=name)
+
+
+def load_model(path) -> keras.Model:
+    """A saved .keras network (this module imports ConvPool, which registers it for loading)."""
+    return keras.saving.load_model(path, compile=False)

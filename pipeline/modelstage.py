@@ -15,8 +15,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import models  # noqa: F401  (registers the custom layers for loading .keras files)
 from export.contract import as_images
+from models.networks import load_model
 from export.vote import vote
 from pipeline.artifacts import staged_directory, write_json
 from pipeline.evaluate import evaluate
@@ -90,7 +90,7 @@ def reusable_dropout_member(runner, stage):
     with open(path.parent / "history.csv") as stream:
         history = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(stream)]
     runner.log("  member 0 is the dropout stage's network (same recipe)")
-    return Trained(model=keras.saving.load_model(path), history=history, best_epoch=dropout["best_epoch"],
+    return Trained(model=load_model(path), history=history, best_epoch=dropout["best_epoch"],
                    best_val_accuracy=dropout["val_accuracy"],
                    images_per_second=dropout["train_images_per_second"])
 

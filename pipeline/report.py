@@ -15,13 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import keras
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from export.vote import vote
-from models import Conv, ConvPool  # importing models registers ConvPool for load_model
+from models import Conv
 from pipeline.evaluate import NUM_CLASSES, evaluate
 from pipeline.stages import STAGE_BY_ID, STAGES
 
@@ -222,10 +221,12 @@ class _Report:
         for stage_id in [i for i in FILTER_STAGES if i in convolutional] + convolutional:
             path = self.run_dir / "stages" / stage_id / "model.keras"
             if path.exists():
-                model = keras.saving.load_model(path, compile=False)
+                from models.layers import ConvPool
+                from models.networks import load_model
+                model = load_model(path)
                 conv = next((layer for layer in model.layers if isinstance(layer, ConvPool)), None)
                 if conv is not None:
-                    return stage_id, keras.ops.convert_to_numpy(conv.kernel)
+                    return stage_id, conv.kernel.numpy()
         return None
 
     def final_predictions(self):

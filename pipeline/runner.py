@@ -191,7 +191,7 @@ class Runner:
             data, info = self.run_dir / "data", self._data_info()
             self.splits = sources.Splits(**{name: np.load(data / f"{name}.npy") for name in SPLIT_NAMES},
                                          source=info["source"], split=info["split"])
-        if expanded and not hasattr(self.splits, "expanded_images"):
+        if expanded and self.splits.expanded_images is None:
             shards = sorted((self.run_dir / "expanded").glob("images_*.npy"))
             if not shards:
                 raise PipelineError(f"{self.run_dir} has no expanded data; run the expand step first.")

@@ -50,6 +50,8 @@ class Splits:
     sample: bool = False
     warning: str | None = None
     arrays: dict = field(init=False, repr=False)
+    expanded_images: np.ndarray | None = field(default=None, repr=False)  # set once the expand step is loaded
+    expanded_labels: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.arrays = {f"{part}_{kind}": getattr(self, f"{part}_{kind}")
@@ -62,6 +64,14 @@ class Splits:
         for part in ("train", "validation", "test"):
             if len(self.arrays[f"{part}_images"]) != len(self.arrays[f"{part}_labels"]):
                 raise PipelineError(f"{self.source} gave a different number of {part} images and labels.")
+
+    def training_set(self, data: str) -> tuple[np.ndarray, np.ndarray]:
+        """The images and labels a stage trains on: "train" (50,000) or "expanded" (250,000)."""
+        if data == "train":
+            return self.train_images, self.train_labels
+        if data == "expanded" and self.expanded_images is not None:
+            return self.expanded_images, self.expanded_labels
+        raise PipelineError(f"No {data!r} training set is loaded; the expanded set comes from the expand step.")
 
 
 def reference_split(train_images, train_labels, test_images, test_labels, source) -> Splits:

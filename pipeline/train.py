@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from export.artifacts import write_json
-from models import Network, build_network
+from models import Network
+from models.networks import build_network
 from pipeline import inputs
 from pipeline.errors import PipelineError
 from pipeline.strategy import is_chief
@@ -119,8 +120,7 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
 
     The later epoch wins a tie, as in the reference (Keras's ModelCheckpoint keeps the earlier).
     """
-    train_x, train_y = (splits.expanded_images, splits.expanded_labels) if data == "expanded" else (
-        splits.train_images, splits.train_labels)
+    train_x, train_y = splits.training_set(data)
     if train_limit:
         train_x, train_y = train_x[:train_limit], train_y[:train_limit]
     global_batch = settings.batch_size

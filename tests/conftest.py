@@ -27,10 +27,10 @@ def mnist_digits():
 def train_small_net(images, labels, seed: int):
     import keras
 
-    import models
     from models import Dense, Network
+    from models.networks import build_network
     keras.utils.set_random_seed(seed)
-    model = models.build_network(Network((Dense(64),), "relu"), seed=seed, name=f"small{seed}")
+    model = build_network(Network((Dense(64),), "relu"), seed=seed, name=f"small{seed}")
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     model.fit(images, labels, epochs=3, batch_size=64, verbose=0)
     return model

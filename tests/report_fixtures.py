@@ -91,8 +91,8 @@ def _write_stage(folder: Path, stage_id: str, labels: np.ndarray, rng, save_mode
         np.save(folder / "test_probabilities.npy", probabilities)
         evaluation = evaluate(probabilities, labels, stage.reference)
         if save_models:
-            import models
-            models.build_network(stage.network, seed=0, name=stage_id).save(folder / "model.keras")
+            from models.networks import build_network
+            build_network(stage.network, seed=0, name=stage_id).save(folder / "model.keras")
     else:
         histories = [_history(rng) for _ in range(MEMBERS)]
         for k, history in enumerate(histories):

@@ -17,9 +17,9 @@ METADATA = {"stage": "dropout", "reference_accuracy": 0.996, "test_accuracy": 0.
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, mnist_digits):
     """The stage-6 network, untrained but with a random softmax layer so that classes differ."""
-    import models
+    from models.networks import build_network
     from pipeline.stages import STAGE_BY_ID
-    model = models.build_network(STAGE_BY_ID["dropout"].network, seed=3)
+    model = build_network(STAGE_BY_ID["dropout"].network, seed=3)
     kernel = model.get_layer("probabilities").kernel
     kernel.assign(np.random.default_rng(0).normal(0, 0.05, kernel.shape).astype(np.float32))
     images = mnist_digits[0][:500]

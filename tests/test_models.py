@@ -1,12 +1,19 @@
 """The reference semantics of SEED.md "Layers", pinned number by number."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from models import Conv, ConvPool, Dense, Network, build_network
+from models import Conv, Dense, Network
+from models.layers import ConvPool
+from models.networks import build_network, load_model
 from pipeline.stages import STAGE_BY_ID, STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Parameter counts worked out by hand from SEED.md's table.
 CONV20, CONV40 = 5 * 5 * 20 + 20, 5 * 5 * 20 * 40 + 40
@@ -104,7 +111,7 @@ def test_network_description_and_model_round_trip(tmp_path):
     assert network.describe() == "conv20-l2pool-fc100-softmax (relu, dropout 0.5)"
     model = build_network(network, l2=1e-4)
     model.save(tmp_path / "m.keras")
-    again = keras.saving.load_model(tmp_path / "m.keras")
+    again = load_model(tmp_path / "m.keras")
     x = np.random.default_rng(0).random((3, 28, 28, 1)).astype(np.float32)
     np.testing.assert_allclose(model(x), again(x), atol=1e-6)
 
@@ -114,3 +121,11 @@ def test_stage_table_covers_seed_md():
     assert main == ["baseline", "conv1", "conv2", "conv2_relu", "expanded", "extra_fc", "dropout", "ensemble"]
     assert STAGE_BY_ID["ensemble"].members == 5
     assert [STAGE_BY_ID[s].reference for s in main] == [0.978, 0.9878, 0.9906, 0.9923, 0.9937, 0.9943, 0.996, 0.9967]
+
+
+def test_the_stage_table_and_presets_load_without_keras():
+    """--help, --stages and the comparison tool read the table; they must not wait for TensorFlow to start."""
+    code = ("import sys; import pipeline.stages, pipeline.config, pipeline.compare; "
+            "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
