@@ -105,13 +105,23 @@ def untrained(scratch: Path):
 
 
 def contenders(model, members: list, onnx_path: Path, bundle: Path, threads: int) -> dict:
-    """name -> (networks evaluated per image, predict(batch)). Member 0 of the ensemble is the dropout stage's model."""
+    """name -> (networks evaluated per image, predict(batch)). Member 0 of the ensemble is the dropout stage's model.
+
+    The *_ort_defaults rows use ONNX Runtime's default session options
+    (spinning thread pools) instead of export.ensemble's, to show what those
+    options change.
+    """
     import tensorflow as tf
 
     from export.vote import vote
-    single = ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
-    single_int8 = ort.InferenceSession(str(bundle / "members_int8" / "member_0.onnx"), session_options(threads),
-                                       providers=["CPUExecutionProvider"])
+
+    def session(path: Path, options=None):
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    single = session(onnx_path, session_options(threads))
+    single_int8 = session(bundle / "members_int8" / "member_0.onnx", session_options(threads))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    default_members = [session(bundle / member) for member in manifest["members"]]
+    default_fused = session(bundle / manifest["ensemble"])
     serve = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     ensembles = {name: Ensemble.load(bundle, threads=threads, **options) for name, options in (
         ("five_sessions", {"fused": False}), ("fused", {}), ("fused_int8", {"int8": True}))}
@@ -124,6 +134,9 @@ def contenders(model, members: list, onnx_path: Path, bundle: Path, threads: int
         "onnx_five_sessions": (5, ensembles["five_sessions"].predict),
         "onnx_fused": (5, ensembles["fused"].predict),
         "onnx_fused_int8": (5, ensembles["fused_int8"].predict),
+        "onnx_five_sessions_ort_defaults": (5, lambda x: vote(np.stack(
+            [member.run(None, {"images": x})[0] for member in default_members]))),
+        "onnx_fused_ort_defaults": (5, lambda x: default_fused.run(None, {"images": x})),
     }
 
 
