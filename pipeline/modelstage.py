@@ -12,13 +12,13 @@ import shutil
 import threading
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from export.contract import as_images
-from models.networks import load_model
 from export.vote import vote
+from models.networks import load_model
 from pipeline.artifacts import staged_directory, write_json
+from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
 from pipeline.strategy import is_default
 from pipeline.train import Trained, predict, train, write_history_csv
@@ -99,15 +99,17 @@ def members_at_once(runner, count: int) -> int:
     """How many ensemble members train side by side (setting parallel_members; "auto" decides from the hardware).
 
     On CPU under the default strategy, one per core, up to the count: small
-    kernels leave cores idle, and a second network fills them (measured here,
-    2 cores: 1.1-1.5x at batch 10, 1.0-1.2x at batch 128). Under Mirrored
+    kernels leave cores idle, and a second network fills them (benchmarks/
+    train_throughput.py, 2 cores: 1.25x at batch 10, 1.03x at batch 128). Under Mirrored
     (GPUs) one member already uses every device, and under MultiWorker every
     worker must issue the same collectives in the same order, so members go
     one after another.
     """
-    wanted = runner.settings.get("parallel_members", "auto")
+    wanted = runner.settings["parallel_members"]
     if wanted != "auto":
-        return max(1, min(int(wanted), count))
+        if not isinstance(wanted, int) or wanted < 1:
+            raise PipelineError(f"parallel_members must be auto or a whole number of at least 1, not {wanted!r}.")
+        return min(wanted, count)
     return max(1, min(os.cpu_count() or 1, count)) if is_default(runner.strategy) else 1
 
 

@@ -89,6 +89,8 @@ class Runner:
         self.summary = self._read_json(self.summary_path)
         self.manifest = self._read_json(self.manifest_path)
         self.splits = None
+        if strategy is not None:
+            self._record_strategy()
 
     @staticmethod
     def _read_json(path: Path) -> dict:
@@ -97,15 +99,20 @@ class Runner:
     @property
     def strategy(self):
         """Created on first use: a run that only prepares data never starts TensorFlow's runtime."""
+        if self._strategy is None:
+            from pipeline import strategy
+            self._strategy = strategy.choose(self.settings["strategy"])
+            self._record_strategy()
+        return self._strategy
+
+    def _record_strategy(self):
+        """The strategy and devices, into summary.json's environment (once, when the strategy is set)."""
         import tensorflow as tf
 
         from pipeline import strategy
-        if self._strategy is None:
-            self._strategy = strategy.choose(self.settings["strategy"])
         gpus = tf.config.list_logical_devices("GPU")
         self.summary.setdefault("environment", {}).update(
             strategy=strategy.describe(self._strategy), device=f"GPU x{len(gpus)}" if gpus else "CPU")
-        return self._strategy
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _save(self):

@@ -120,6 +120,7 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
     assert code == 0, out + err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["data"]["sample"] is True and summary["data"]["warning"]
+    assert summary["environment"]["device"] == "CPU" and "1 replica" in summary["environment"]["strategy"]
     for stage in ["baseline", "conv1", "conv2", "conv2_relu", "expanded", "extra_fc", "dropout", "ensemble"]:
         entry = summary["stages"][stage]
         assert entry["status"] == "done"

@@ -8,12 +8,14 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from pipeline import sources, strategy as strategies
-from pipeline.modelstage import run_concurrently
+from pipeline.errors import PipelineError
+from pipeline.modelstage import members_at_once, run_concurrently
 from pipeline.stages import STAGE_BY_ID
 from pipeline.train import TrainSettings, train
 
@@ -83,6 +85,16 @@ def test_concurrent_jobs_keep_their_order_and_raise_the_first_failure():
         raise ValueError("member 1 failed")
     with pytest.raises(ValueError, match="member 1 failed"):
         run_concurrently([lambda: 0, fail, lambda: 2], workers=2)
+
+
+def test_members_at_once_follows_the_setting_and_the_hardware():
+    runner = SimpleNamespace(settings={"parallel_members": "auto"}, strategy=strategies.choose("default"))
+    assert members_at_once(runner, 4) == min(os.cpu_count(), 4)
+    runner.settings["parallel_members"] = 3
+    assert members_at_once(runner, 2) == 2 and members_at_once(runner, 4) == 3
+    runner.settings["parallel_members"] = "two"
+    with pytest.raises(PipelineError, match="parallel_members must be auto or a whole number"):
+        members_at_once(runner, 4)
 
 
 def test_a_killed_stage_resumes_from_its_last_finished_epoch(tmp_path):
