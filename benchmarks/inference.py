@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.flops import count_macs, matmul_flops, timed
-from export.contract import as_images
-from export.ensemble import Ensemble, session_options
+from inference.contract import as_images
+from inference.ensemble import Ensemble, session_options
 
 BATCH = 1000
 STAGE = "dropout"
@@ -108,12 +108,12 @@ def contenders(model, members: list, onnx_path: Path, bundle: Path, threads: int
     """name -> (networks evaluated per image, predict(batch)). Member 0 of the ensemble is the dropout stage's model.
 
     The *_ort_defaults rows use ONNX Runtime's default session options
-    (spinning thread pools) instead of export.ensemble's, to show what those
+    (spinning thread pools) instead of inference.ensemble's, to show what those
     options change.
     """
     import tensorflow as tf
 
-    from export.vote import vote
+    from inference.vote import vote
 
     def session(path: Path, options=None):
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -1,49 +1,11 @@
-"""Writing artifact files so that none is ever half-written, and hashing them."""
-import hashlib
+"""What the TensorFlow-side exporters share: their error and ONNX metadata as strings."""
 import json
-import os
-import shutil
-from pathlib import Path
 
 
 class ExportError(Exception):
     """An exported artifact failed its check (parity, fused graph, ...)."""
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def as_properties(metadata: dict) -> dict[str, str]:
     """ONNX metadata_props hold strings only: non-string values are stored as JSON."""
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, then rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def write_json(path: Path, value) -> None:
-    write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
-
-
-def copy_file(source: Path, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.tmp")
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, destination)
-
-
-def replace_dir(temporary: Path, destination: Path) -> None:
-    """Move a finished directory into place, replacing an older one."""
-    if destination.exists():
-        shutil.rmtree(destination)
-    os.replace(temporary, destination)

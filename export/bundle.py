@@ -11,10 +11,11 @@ import onnx
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                       quantize_static)
 
-from export.artifacts import ExportError, as_properties, copy_file, sha256, write_bytes, write_json
-from export.contract import (CLASS_OUTPUT, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, OPSET, PREPROCESSING,
+from export.artifacts import ExportError, as_properties
+from inference.artifacts import copy_file, sha256, write_bytes, write_json
+from inference.contract import (CLASS_OUTPUT, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, OPSET, PREPROCESSING,
                              VOTES_OUTPUT, as_images)
-from export.ensemble import Ensemble
+from inference.ensemble import Ensemble
 from export.fuse import fuse
 
 # MinMax calibration keeps every intermediate tensor of every calibration batch
@@ -93,7 +94,7 @@ def quantize_members(out_dir: Path, members: list[Path], calibration_images: np.
 
 
 def evaluate(fused_path: Path, member_paths: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
-    """Test accuracy of the fused graph, after checking it against the members' vote through export.vote."""
+    """Test accuracy of the fused graph, after checking it against the members' vote through inference.vote."""
     fused = Ensemble([fused_path]).predict(images)
     mismatches = int((fused.classes != Ensemble(member_paths).predict(images).classes).sum())
     if mismatches:

@@ -1,6 +1,6 @@
 """The five member networks and the vote as one ONNX graph, so one session call does everything.
 
-The vote nodes implement export.vote.vote: each member's predicted class is one
+The vote nodes implement inference.vote.vote: each member's predicted class is one
 vote; among the classes with the most votes the highest mean probability wins
 (ArgMax picks the first index on an exact tie, as NumPy's argmax does).
 """
@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, OPSET, OUTPUT_NAME, VOTES_OUTPUT
+from inference.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, OPSET, OUTPUT_NAME, VOTES_OUTPUT
 
 
 def member_output(k: int) -> str:
@@ -46,7 +46,7 @@ def vote_outputs():
 
 
 def vote_model(members: int) -> onnx.ModelProto:
-    """The vote alone, for checking it against export.vote.vote on chosen probabilities."""
+    """The vote alone, for checking it against inference.vote.vote on chosen probabilities."""
     return helper.make_model(vote_graph(members), opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
 
 

@@ -13,8 +13,9 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from export.artifacts import ExportError, as_properties, replace_dir, sha256, write_bytes, write_json
-from export.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING
+from export.artifacts import ExportError, as_properties
+from inference.artifacts import replace_dir, sha256, write_bytes, write_json
+from inference.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING
 
 __all__ = ["ExportError", "export_model", "check_parity"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.artifacts import write_json  # noqa: F401  (one atomic JSON writer for the project)
+from inference.artifacts import write_json  # noqa: F401  (one atomic JSON writer for the project)
 from pipeline.errors import PipelineError
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import as_images
-from export.vote import vote
+from inference.contract import as_images
+from inference.vote import vote
 from models.networks import load_model
 from pipeline.artifacts import staged_directory, write_json
 from pipeline.errors import PipelineError

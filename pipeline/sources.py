@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.artifacts import sha256
+from inference.artifacts import sha256
 from pipeline.errors import PipelineError
 from pipeline.idx import read_idx
 

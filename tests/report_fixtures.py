@@ -9,7 +9,7 @@ from pathlib import Path
 import mlxtend
 import numpy as np
 
-from export.vote import vote
+from inference.vote import vote
 from pipeline.evaluate import evaluate
 from pipeline.stages import STAGE_BY_ID
 

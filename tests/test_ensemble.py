@@ -1,4 +1,4 @@
-"""export.bundle / export.fuse / export.ensemble: the fused graph is the vote of the members."""
+"""export.bundle / export.fuse / inference.ensemble: the fused graph is the vote of the members."""
 import json
 import shutil
 
@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 
 from conftest import TRAIN
-from export.artifacts import sha256
-from export.ensemble import Ensemble
+from inference.artifacts import sha256
+from inference.ensemble import Ensemble
 from export.fuse import member_output, vote_model
-from export.vote import vote
+from inference.vote import vote
 
 
 def test_fused_graph_gives_the_vote_of_the_separate_members(bundle, mnist_digits):

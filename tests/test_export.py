@@ -7,8 +7,9 @@ import numpy as np
 import onnx
 import pytest
 
-from export.artifacts import ExportError, sha256
-from export.contract import OPSET
+from export.artifacts import ExportError
+from inference.artifacts import sha256
+from inference.contract import OPSET
 from export.tf_export import check_parity, export_model
 
 METADATA = {"stage": "dropout", "reference_accuracy": 0.996, "test_accuracy": 0.5}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.vote import vote
+from inference.vote import vote
 from pipeline.report import GALLERY_LIMIT, write_report
 from tests.report_fixtures import make_run, markdown_table
 

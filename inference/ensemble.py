@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.artifacts import sha256
-from export.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, VOTES_OUTPUT
-from export.vote import vote
+from inference.artifacts import sha256
+from inference.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, VOTES_OUTPUT
+from inference.vote import vote
 
 MODES = ("vote", "mean")
 BATCH = 1000
@@ -92,7 +92,7 @@ class Ensemble:
     def predict(self, images: np.ndarray, *, mode: str = "vote") -> Prediction:
         """images float32 [N, 28, 28, 1] (or [N, 28, 28]) in [0, 1] -> class, votes and mean probabilities.
 
-        mode="vote" is the shared rule of export.vote (majority, a tie to the
+        mode="vote" is the shared rule of inference.vote (majority, a tie to the
         highest mean probability); mode="mean" takes the highest mean probability.
         """
         if mode not in MODES:
