@@ -32,11 +32,38 @@ MODES = ("vote", "mean")
 BATCH = 1000
 
 
+# A prediction is flagged as hard when fewer than this share of the members
+# voted for its class, or when the members' mean probability of it is lower.
+MIN_AGREEMENT = 0.8
+MIN_CONFIDENCE = 0.6
+
+
 @dataclass(frozen=True)
 class Prediction:
     classes: np.ndarray        # int64 [N]
     votes: np.ndarray          # int64 [N, 10]: how many members predicted each class
     probabilities: np.ndarray  # float32 [N, 10]: the members' mean probabilities
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """float32 [N]: the members' mean probability of the class given."""
+        return self.probabilities[np.arange(len(self.classes)), self.classes].astype(np.float32)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One sentence per image that is hard to read (members split, low probability), else ""."""
+        members = self.votes.sum(axis=1)
+        agreeing = self.votes[np.arange(len(self.classes)), self.classes]
+        return [hard_prediction_warning(int(c), int(a), int(m), float(p))
+                for c, a, m, p in zip(self.classes, agreeing, members, self.confidence)]
+
+
+def hard_prediction_warning(digit: int, agreeing: int, members: int, confidence: float) -> str:
+    if agreeing < MIN_AGREEMENT * members:
+        return f"Hard to read: only {agreeing} of {members} networks voted {digit}."
+    if confidence < MIN_CONFIDENCE:
+        return f"Hard to read: the networks give {digit} a probability of only {confidence:.0%}."
+    return ""
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:

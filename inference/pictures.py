@@ -4,6 +4,7 @@ Every bad input becomes an InputError with one plain sentence; nothing is
 unpickled, and sizes are checked from headers before any pixel is decoded.
 """
 import gzip
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -70,9 +71,19 @@ def read_file(path: Path) -> Iterator[tuple[str, np.ndarray | InputError]]:
 
 
 def image_file(path: Path) -> np.ndarray:
-    """A PNG/JPEG (any size or mode) made MNIST-like; the size is checked before decoding."""
+    """A picture file made MNIST-like (see picture_from_bytes)."""
+    with open(path, "rb") as file:
+        return picture_from_bytes(file.read())
+
+
+def picture_from_bytes(data: bytes) -> np.ndarray:
+    """An encoded picture (PNG, JPEG, ...; any size or mode) -> float32 [28, 28] in [0, 1], MNIST-like.
+
+    The one entry point shared by the prediction command, the server and the
+    page. The size is checked from the header before any pixel is decoded.
+    """
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise InputError(f"The image is {width} x {height} pixels, more than the {MAX_PIXELS:,} accepted.")

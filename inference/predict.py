@@ -1,7 +1,8 @@
 """Classify digit images with the ONNX ensemble: `python -m inference.predict --models PATH FILE_OR_DIR...`.
 
 PATH is a bundle or a run directory. Prints one JSON line per image,
-{"path", "class", "votes", "probabilities"} or {"path", "error"}; a bad file
+{"path", "class", "votes", "probabilities", "confidence"}
+(plus "warning" for a hard picture) or {"path", "error"}; a bad file
 gets its own error line and the others still complete. Exit code 1 when any
 input failed, 2 when the models cannot be loaded. Imports no TensorFlow.
 """
@@ -43,14 +44,19 @@ def classify(paths: Iterable[Path], models: Path, *, mode: str = "vote", **optio
 def records(pending: list, ensemble: Ensemble, mode: str) -> Iterator[dict]:
     images = [item for _, item in pending if isinstance(item, np.ndarray)]
     prediction = ensemble.predict(np.stack(images), mode=mode) if images else None
+    confidence, warnings = (prediction.confidence, prediction.warnings) if images else ((), ())
     index = 0
     for label, item in pending:
         if not isinstance(item, np.ndarray):
             yield {"path": label, "error": str(item)}
             continue
-        yield {"path": label, "class": int(prediction.classes[index]),
-               "votes": prediction.votes[index].tolist(),
-               "probabilities": [round(float(p), 6) for p in prediction.probabilities[index]]}
+        record = {"path": label, "class": int(prediction.classes[index]),
+                  "votes": prediction.votes[index].tolist(),
+                  "probabilities": [round(float(p), 6) for p in prediction.probabilities[index]],
+                  "confidence": round(float(confidence[index]), 6)}
+        if warnings[index]:
+            record["warning"] = warnings[index]
+        yield record
         index += 1
 
 

@@ -91,3 +91,14 @@ def test_fused_graphs_carry_metadata_and_an_empty_batch_is_fine(bundle):
     properties = {p.key: p.value for p in onnx.load(bundle / "ensemble_int8.onnx").metadata_props}
     assert properties["stage"] == "ensemble" and properties["weights"] == "int8" and properties["opset"] == "17"
     assert Ensemble.load(bundle).predict(np.zeros((0, 28, 28, 1))).classes.shape == (0,)
+
+
+def test_a_split_vote_or_a_low_probability_gets_a_warning():
+    from inference.ensemble import Prediction
+    votes = np.array([[0, 5, 0, 0, 0, 0, 0, 0, 0, 0], [0, 3, 2, 0, 0, 0, 0, 0, 0, 0], [0, 5, 0, 0, 0, 0, 0, 0, 0, 0]])
+    probabilities = np.full((3, 10), 0.02, np.float32)
+    probabilities[:, 1] = [0.9, 0.7, 0.4]
+    prediction = Prediction(np.array([1, 1, 1]), votes, probabilities)
+    assert np.allclose(prediction.confidence, [0.9, 0.7, 0.4])
+    assert prediction.warnings == ["", "Hard to read: only 3 of 5 networks voted 1.",
+                                   "Hard to read: the networks give 1 a probability of only 40%."]
