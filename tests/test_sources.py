@@ -172,7 +172,7 @@ def test_auto_uses_the_mirror_named_by_the_environment(server, monkeypatch, tmp_
 
 
 def test_unknown_source_is_one_sentence(tmp_path):
-    with pytest.raises(PipelineError, match="neither auto, tfds, sample, a directory, nor a URL"):
+    with pytest.raises(PipelineError, match="missing: no such directory"):
         sources.load(str(tmp_path / "missing"), tmp_path)
 
 
