@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
 
-from pipeline import config, sources
+from pipeline import config, native_log, sources
 from pipeline.errors import PipelineError
 from pipeline.runner import DEFAULT_NODES, STEPS, plan
 from pipeline.stages import STAGES
@@ -83,5 +83,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli() -> int:
+    """The command: main() with TensorFlow's native start-up notices kept out of the log (pipeline.native_log)."""
+    native_log.drop_native_startup_notices()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
