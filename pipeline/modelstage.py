@@ -191,5 +191,5 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
                 calibration_images=as_images(splits.train_images[:CALIBRATION_IMAGES]),
                 test_images=as_images(splits.test_images), test_labels=splits.test_labels,
                 metadata={"stage": stage.id, "network": entry["network"], "reference_accuracy": stage.reference,
-                          "keras_vote_accuracy": entry["test_accuracy"]})
+                          "keras_vote_accuracy": entry["test_accuracy"], "data": runner.data_provenance()})
     return entry

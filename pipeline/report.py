@@ -79,8 +79,10 @@ def points(accuracy, baseline) -> str:
 def stage_row(stage_id: str, stage: dict) -> tuple:
     """One row of STAGE_HEADER from a summary.json stage entry."""
     test, reference = stage.get("test_accuracy"), stage.get("reference_accuracy")
+    best = ", ".join(cell(m.get("best_epoch")) for m in stage["members"]) if stage.get("members") else \
+        cell(stage.get("best_epoch"))
     return (stage_id, stage.get("network", "–"), stage.get("data", "–"), cell(stage.get("epochs")),
-            cell(stage.get("best_epoch")), percent(stage.get("val_accuracy")), percent(test),
+            best, percent(stage.get("val_accuracy")), percent(test),
             percent(reference), points(test, reference), duration(stage.get("wall_seconds")))
 
 
@@ -96,8 +98,9 @@ class _Report:
         self.run_dir, self.summary, self.out = run_dir, summary, out
         self.stages = summary.get("stages", {})
         self.done = [i for i in stage_order(self.stages) if self.stages[i].get("status") == "done"]
+        self.failed = [i for i in self.done if self.stages[i].get("warning")]
         self.blocks = []
-        self.info = {"images": [], "filters_stage": None, "gallery_stage": None, "skipped": []}
+        self.info = {"images": [], "filters_stage": None, "gallery_stage": None, "skipped": [], "combined_chart": []}
 
     def add(self, kind: str, *content):
         self.blocks.append((kind, *content))
@@ -118,18 +121,19 @@ class _Report:
         self.curves()
         self.filters()
         self.errors()
+        self.deploy()
         self.environment()
 
     def banners(self):
+        """Each warning once: the data's, the preset's, and one per stage that did not learn."""
         data, preset = self.summary.get("data", {}), self.summary.get("preset")
-        if data.get("sample"):
-            self.add("banner", f"Sample data: this run used {data.get('source', 'a sample')}, not the full "
-                               "MNIST set, so its accuracies are not comparable with the reference figures.")
+        if data.get("warning"):
+            self.add("banner", data["warning"])
         if preset not in REFERENCE_PRESETS:
             self.add("banner", f"Preset {preset!r}: the reference networks and data, trained with other "
                                "hyperparameters than the reference (see the settings below).")
-        if data.get("warning"):
-            self.add("note", f"Data warning: {data['warning']}")
+        for stage_id in self.failed:
+            self.add("banner", f"Stage {stage_id}: {self.stages[stage_id]['warning']}")
 
     def stage_table(self):
         self.add("h2", "Stages")
@@ -163,7 +167,11 @@ class _Report:
             histories[stage_id] = self.histories(stage_id)
             if not histories[stage_id]:
                 self.skip(f"Curves of {stage_id}", "no history file")
-        singles = {i: runs[0][1] for i, runs in histories.items() if runs and i != "ensemble"}
+        singles = {i: runs[0][1] for i, runs in histories.items() if runs and i not in ("ensemble", *self.failed)}
+        if self.failed:
+            self.add("note", f"Left out of the combined chart, which they would squash: {', '.join(self.failed)} "
+                             "(see the warning above and their own curves).")
+        self.info["combined_chart"] = list(singles)
         if singles:
             fig = Figure(figsize=(9, 5))
             ax = fig.subplots()
@@ -280,7 +288,29 @@ class _Report:
         self.add("table", ("Item", "Value"), [(key, cell(value)) for key, value in rows])
         settings = self.summary.get("settings")
         if settings:
-            self.add("p", "Preset settings: " + json.dumps(settings, sort_keys=True))
+            self.add("h2", "Settings")
+            self.add("table", ("Setting", "Value"), [(key, setting_cell(value)) for key, value in settings.items()])
+
+    def deploy(self):
+        self.add("h2", "Deploy")
+        bundle = self.stages.get("ensemble", {}).get("bundle") if "ensemble" in self.done else None
+        if not bundle:
+            self.skip("Deploy", "no finished ensemble stage, so no bundle")
+            return
+        accuracy = bundle.get("test_accuracy", {})
+        self.add("p", f"The bundle in {self.run_dir / 'bundle'} is the five networks and their vote as ONNX "
+                      f"graphs, for ONNX Runtime alone (no TensorFlow): test accuracy "
+                      f"{percent(accuracy.get('float32'))} % in float32 and {percent(accuracy.get('int8'))} % "
+                      "in int8. Classify pictures with it, or serve it over the Open Inference Protocol:")
+        self.add("code", f"mnist-predict --models {self.run_dir} digit.png scans/\n"
+                         f"mnist-serve --models {self.run_dir}")
+
+
+def setting_cell(value) -> str:
+    """A preset value as a person reads it: per-stage values as 'default 15, baseline 30'."""
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {item}" for key, item in value.items())
+    return cell(value)
 
 
 def _tile_figure(tiles: np.ndarray, columns: int, gap: int, **imshow) -> tuple:
@@ -330,6 +360,8 @@ def to_markdown(blocks: list) -> str:
             out.append(f"*{content[0]}*")
         elif kind == "banner":
             out.append(f"> **⚠ {content[0]}**")
+        elif kind == "code":
+            out.append(f"```\n{content[0]}\n```")
         elif kind == "table":
             header, rows = content
             lines = [header, ["---"] * len(header), *rows]
@@ -351,6 +383,8 @@ def to_html(blocks: list, image_dir: Path) -> str:
             body.append(f'<p class="{kind}">{esc(content[0])}</p>')
         elif kind == "banner":
             body.append(f'<div class="banner"><strong>⚠ {esc(content[0])}</strong></div>')
+        elif kind == "code":
+            body.append(f"<pre><code>{esc(content[0])}</code></pre>")
         elif kind == "table":
             header, rows = content
             cells = "".join(f"<th>{esc(c)}</th>" for c in header)

@@ -78,6 +78,24 @@ def environment() -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
 
 
+def best_epochs(entry: dict) -> str:
+    """The selected epoch of a summary.json stage entry, or of each ensemble member."""
+    members = entry.get("members")
+    if members:
+        return "members' best epochs " + ", ".join(str(m.get("best_epoch")) for m in members)
+    return f"best epoch {entry.get('best_epoch')}"
+
+
+def learning_warning(accuracy: float, reference: float, sample: bool) -> str | None:
+    """A sentence for a stage that did not really learn: under 50%, or (on full MNIST) 10 pp under its reference."""
+    if accuracy < 0.5:
+        return (f"test accuracy {accuracy:.2%} is near chance: the network did not learn; "
+                f"give it more updates (epochs, min_steps) or another learning rate.")
+    if not sample and accuracy < reference - 0.10:
+        return f"test accuracy {accuracy:.2%} is more than 10 points under the reference {reference:.2%}."
+    return None
+
+
 class Runner:
     def __init__(self, run_dir: Path, preset: str, settings: dict, data_spec: str, force: bool = False,
                  log=print, strategy=None):
@@ -161,10 +179,26 @@ class Runner:
             write_json(tmp / "data.json", info)
         if splits.warning:
             self.log(f"WARNING: {splits.warning}")
+        if previous.get("fingerprint") not in (None, digest):
+            self._mark_out_of_date(f"trained on the data of {previous.get('source')}, not the data now in data/")
         self.summary["data"] = {**info, "expanded_train": None}
         self.manifest.pop("expand", None)  # new data: whatever was expanded from the old is stale
         self._record("download", digest, reads=[self.data_spec], writes=["data/"], source=self.data_spec)
         self.log(f"[download] {info['train']} / {info['validation']} / {info['test']} images from {splits.source}")
+
+    def _mark_out_of_date(self, why: str):
+        """New data: every finished stage (and so the bundle and report) was trained on the old; never mix them."""
+        stale = [stage_id for stage_id, entry in self.summary.get("stages", {}).items() if entry.get("status") == "done"]
+        for stage_id in stale:
+            self.summary["stages"][stage_id].update(status="out of date", out_of_date=why)
+        if stale:
+            self.log(f"[download] the data changed: {', '.join(stale)} (with the bundle and report built from them) "
+                     f"were trained on the old data and are marked out of date; each retrains when run")
+
+    def data_provenance(self) -> dict:
+        """What a bundle records of its training data, so that whoever deploys it can tell (inference.ensemble)."""
+        info = self._data_info()
+        return {key: info.get(key) for key in ("source", "split", "sample", "digest", "warning")}
 
     def _data_info(self) -> dict:
         path = self.run_dir / "data" / "data.json"
@@ -217,12 +251,19 @@ class Runner:
         from pipeline.train import TrainSettings
         value = lambda key: config.for_stage(self.settings, key, stage.id)
         reference = lambda key, own: own if value(key) == "reference" else value(key)
+        steps_per_epoch = self.training_images(stage) // int(value("batch_size"))
+        epochs = max(int(reference("epochs", stage.epochs)), -(-int(value("min_steps")) // max(steps_per_epoch, 1)))
         return TrainSettings(
-            epochs=int(reference("epochs", stage.epochs)), batch_size=int(value("batch_size")),
+            epochs=epochs, batch_size=int(value("batch_size")),
             optimizer=value("optimizer"), learning_rate=float(reference("learning_rate", stage.eta)),
             schedule=value("schedule"), warmup_fraction=float(value("warmup_fraction")), lmbda=stage.lmbda,
             shuffle=bool(value("shuffle")), max_shift=int(value("max_shift")),
             steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + seed_offset)
+
+    def training_images(self, stage: Stage) -> int:
+        """How many images one epoch of the stage trains on."""
+        count = self._data_info()["train"] * (len(expand.SHIFTS) if stage.data == "expanded" else 1)
+        return min(count, self.settings["train_limit"] or count)
 
     def _stage_fingerprint(self, stage: Stage) -> str:
         data = self._data_info()["digest"]
@@ -234,18 +275,30 @@ class Runner:
     def _stage(self, stage: Stage):
         node_fingerprint = self._stage_fingerprint(stage)
         output = self.run_dir / "stages" / stage.id
+        entry = self.summary.get("stages", {}).get(stage.id, {})
         if self._is_done(stage.id, node_fingerprint, output):
-            self.log(f"[{stage.id}] done already (test accuracy "
-                     f"{self.summary['stages'][stage.id]['test_accuracy']:.4f}); skipped")
+            entry.pop("out_of_date", None)  # back on the data it was trained on
+            entry["status"] = "done"
+            self.log(f"[{stage.id}] done already (test accuracy {entry['test_accuracy']:.4f}); skipped")
             return
+        if entry.get("status") == "out of date":
+            self.log(f"[{stage.id}] out of date ({entry['out_of_date']}): retraining")
         self.log(f"[{stage.id}] {stage.network.describe()} on {stage.data} data, "
                  f"reference {stage.reference:.2%}")
+        asked = config.for_stage(self.settings, "epochs", stage.id)
+        if asked != "reference" and self.train_settings(stage).epochs > asked:
+            self.log(f"  {self.train_settings(stage).epochs} epochs instead of {asked}: "
+                     f"{self.training_images(stage)} training images need them for min_steps "
+                     f"{config.for_stage(self.settings, 'min_steps', stage.id)}")
         from pipeline import modelstage
         started = time.perf_counter()
         entry = modelstage.run(self, stage, output, self.run_dir / "checkpoints" / f"{stage.id}-{node_fingerprint[:12]}")
         entry.update(wall_seconds=round(time.perf_counter() - started, 1), status="done")
+        entry["warning"] = learning_warning(entry["test_accuracy"], stage.reference, self._data_info().get("sample"))
+        if entry["warning"]:
+            self.log(f"WARNING: [{stage.id}] {entry['warning']}")
         self.summary.setdefault("stages", {})[stage.id] = entry
         self._record(stage.id, node_fingerprint, reads=["expanded/" if stage.data == "expanded" else "data/"],
                      writes=[f"stages/{stage.id}/"] + (["bundle/"] if stage.members > 1 else []))
         self.log(f"[{stage.id}] test accuracy {entry['test_accuracy']:.4f} "
-                 f"(reference {stage.reference:.4f}, best epoch {entry['best_epoch']})")
+                 f"(reference {stage.reference:.4f}, {best_epochs(entry)})")

@@ -20,8 +20,11 @@ MEMBERS = 5
 
 
 def make_run(run_dir: Path, stages=("baseline", "conv1", "conv2_relu", "ensemble"), preset="seed",
-             sample=False, save_models=True, seed=0) -> Path:
-    """Write data/, stages/ and summary.json for the given stages; return run_dir."""
+             sample=False, save_models=True, seed=0, failed=()) -> Path:
+    """Write data/, stages/ and summary.json for the given stages; return run_dir.
+
+    Stages named in `failed` sit at chance, with the runner's warning.
+    """
     rng = np.random.default_rng(seed)
     labels = _write_data(run_dir / "data")
     summary = {
@@ -35,6 +38,8 @@ def make_run(run_dir: Path, stages=("baseline", "conv1", "conv2_relu", "ensemble
         "stages": {stage_id: _write_stage(run_dir / "stages" / stage_id, stage_id, labels, rng, save_models)
                    for stage_id in stages},
     }
+    for stage_id in failed:
+        _fail(run_dir / "stages" / stage_id, summary["stages"][stage_id], labels, rng)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return run_dir
 
@@ -101,11 +106,24 @@ def _write_stage(folder: Path, stage_id: str, labels: np.ndarray, rng, save_mode
         np.save(folder / "member_probabilities.npy", members)
         history = histories[0]
         evaluation = evaluate(None, labels, stage.reference, predictions=vote(members)[0])
-        entry["members"] = [{"seed": k, "val_accuracy": _best(h)[1],
+        entry["members"] = [{"seed": k, "best_epoch": _best(h)[0], "val_accuracy": _best(h)[1],
                              "test_accuracy": float((p.argmax(axis=1) == labels).mean())}
                             for k, (h, p) in enumerate(zip(histories, members))]
+        entry["bundle"] = {"test_accuracy": {"float32": evaluation["accuracy"], "int8": evaluation["accuracy"] - 0.005}}
     entry["best_epoch"], entry["val_accuracy"] = _best(history)
     return {**entry, "test_accuracy": evaluation["accuracy"], "evaluation": evaluation}
+
+
+def _fail(folder: Path, entry: dict, labels: np.ndarray, rng):
+    """A stage that never left chance: flat 10% validation accuracy, uniform guesses, and its warning."""
+    history = np.column_stack([np.arange(1, EPOCHS + 1), np.full(EPOCHS, 2.3026), np.full(EPOCHS, 0.1),
+                               rng.uniform(2, 3, EPOCHS)])
+    _save_history(folder / "history.csv", history)
+    probabilities = np.full((len(labels), 10), 0.1, np.float32)
+    np.save(folder / "test_probabilities.npy", probabilities)
+    entry.update(best_epoch=EPOCHS, val_accuracy=0.1, test_accuracy=float((labels == 0).mean()),
+                 evaluation=evaluate(probabilities, labels, entry["reference_accuracy"]),
+                 warning="test accuracy near chance: the network did not learn.")
 
 
 def markdown_table(markdown: str, heading: str) -> list:

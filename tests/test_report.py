@@ -68,7 +68,8 @@ def test_every_number_in_the_stage_table_equals_the_summary(full):
     for row in rows:
         stage = stages[row["Stage"]]
         assert row["Network"] == stage["network"] and row["Data"] == stage["data"]
-        assert int(row["Epochs"]) == stage["epochs"] and int(row["Best epoch"]) == stage["best_epoch"]
+        best = [m["best_epoch"] for m in stage["members"]] if "members" in stage else [stage["best_epoch"]]
+        assert int(row["Epochs"]) == stage["epochs"] and list(map(int, row["Best epoch"].split(", "))) == best
         for column, key in [("Validation %", "val_accuracy"), ("Test %", "test_accuracy"),
                             ("Reference %", "reference_accuracy")]:
             assert re.fullmatch(r"\d+\.\d\d", row[column])
@@ -121,11 +122,33 @@ def test_reference_run_has_no_banner(full):
     assert "⚠" not in (full[0] / "report" / "report.md").read_text()
 
 
-def test_sample_data_and_preset_banners(partial):
+def test_sample_data_and_preset_banners_each_once(partial):
     run_dir, _ = partial
     markdown = (run_dir / "report" / "report.md").read_text()
-    assert "> **⚠ Sample data" in markdown and "> **⚠ Preset 'quick'" in markdown
+    assert "> **⚠ only 5,000 digits**" in markdown and "> **⚠ Preset 'quick'" in markdown
+    assert markdown.count("only 5,000 digits") == 1
     assert (run_dir / "report" / "report.html").read_text().count('class="banner"') == 2
+
+
+def test_a_stage_at_chance_is_called_out_and_left_out_of_the_combined_chart(tmp_path):
+    run_dir = make_run(tmp_path, stages=("baseline", "conv1", "conv2"), save_models=False, failed=("conv2",))
+    info = write_report(run_dir)
+    markdown = (run_dir / "report" / "report.md").read_text()
+    assert "> **⚠ Stage conv2: test accuracy near chance: the network did not learn.**" in markdown
+    assert info["combined_chart"] == ["baseline", "conv1"]
+    assert "Left out of the combined chart, which they would squash: conv2" in markdown
+    assert "curves_conv2.png" in info["images"]
+
+
+def test_deploy_section_and_settings_table(full):
+    run_dir, _, _ = full
+    markdown = (run_dir / "report" / "report.md").read_text()
+    bundle = json.loads((run_dir / "summary.json").read_text())["stages"]["ensemble"]["bundle"]["test_accuracy"]
+    deploy = markdown.split("## Deploy", 1)[1].split("##", 1)[0]
+    assert f"{100 * bundle['float32']:.2f} % in float32 and {100 * bundle['int8']:.2f} % in int8" in deploy
+    assert f"mnist-predict --models {run_dir}" in deploy and f"mnist-serve --models {run_dir}" in deploy
+    assert markdown_table(markdown, "## Settings") == [{"Setting": "epochs", "Value": "4"},
+                                                       {"Setting": "batch_size", "Value": "10"}]
 
 
 def test_missing_stages_are_named_and_their_parts_skipped(partial):

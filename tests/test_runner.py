@@ -1,6 +1,9 @@
 """The runner and CLI: skipping what is done, refusing a second run, clear errors, nothing half-written."""
+import contextlib
 import fcntl
+import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,12 +142,26 @@ def test_a_mistake_fails_before_tensorflow_loads_and_leaves_nothing_behind(tmp_p
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only_its_stage(capsys, tmp_path):
+SMALL = ["--preset", "quick", "--data", "sample", "--set", "train_limit=640", "--set", "epochs=1",
+         "--set", "batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    """The whole pipeline on the sample, small: (run directory, its log)."""
+    run_dir = tmp_path_factory.mktemp("sample_run")
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        code = run_pipeline.main([*SMALL, "--run-dir", str(run_dir)])
+    assert code == 0, log.getvalue()
+    return run_dir, log.getvalue()
+
+
+def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only_its_stage(capsys, sample_run,
+                                                                                            tmp_path):
     """The whole pipeline on the sample: training, evaluation, export, ensemble bundle and report."""
-    small = ["--preset", "quick", "--data", "sample", "--run-dir", str(tmp_path), "--set", "train_limit=640",
-             "--set", "epochs=1", "--set", "batch_size=64"]
-    code, out, err = run(capsys, *small)
-    assert code == 0, out + err
+    shutil.copytree(sample_run[0], tmp_path, dirs_exist_ok=True)
+    small = [*SMALL, "--run-dir", str(tmp_path)]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["data"]["sample"] is True and summary["data"]["warning"]
     assert summary["environment"]["device"] == "CPU" and "1 replica" in summary["environment"]["strategy"]
@@ -163,3 +180,29 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
     code, out, _ = run(capsys, *small, "--set", "learning_rate.conv1=0.01", "--stages", "baseline,conv1")
     assert code == 0
     assert "[baseline] done already" in out and "[conv1] conv20-fc100-softmax" in out
+
+
+@needs_mnist
+def test_new_data_marks_what_was_trained_on_the_old_out_of_date_and_never_mixes_them(capsys, sample_run, tmp_path):
+    shutil.copytree(sample_run[0], tmp_path, dirs_exist_ok=True)
+    predict = [sys.executable, "-m", "inference.predict", "--models", str(tmp_path), str(tmp_path / "data")]
+    warned = subprocess.run(predict, capture_output=True, text=True, cwd=REPO).stderr
+    assert "warning: These networks were trained on the 5,000-digit sample" in warned
+
+    code, out, _ = run(capsys, "--data", str(SHARED_MNIST), "--run-dir", str(tmp_path), "--stages", "download,report")
+    assert code == 0 and "[download] the data changed: baseline, conv1," in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["data"]["sample"] is False
+    assert {entry["status"] for entry in summary["stages"].values()} == {"out of date"}
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Not in this run: baseline (out of date), conv1 (out of date)" in report and "## Deploy" in report
+    assert "Deploy skipped" in report
+    warned = subprocess.run(predict, capture_output=True, text=True, cwd=REPO).stderr
+    assert "warning: This bundle is out of date" in warned
+
+    code, out, _ = run(capsys, *SMALL[:2], "--data", str(SHARED_MNIST), "--run-dir", str(tmp_path),
+                       *SMALL[4:], "--stages", "baseline")
+    assert code == 0 and "[baseline] out of date (trained on the data of sample, not the data now in data/): " \
+                         "retraining" in out
+    stages = json.loads((tmp_path / "summary.json").read_text())["stages"]
+    assert stages["baseline"]["status"] == "done" and stages["conv1"]["status"] == "out of date"
