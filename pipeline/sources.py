@@ -5,12 +5,13 @@ labels [N] for train, validation and test. Mirrors and directories give the
 reference split (SEED.md): the first 50,000 official training images train,
 the last 10,000 validate.
 """
-import concurrent.futures
+import contextlib
 import gzip
 import http.client
 import os
 import socket
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -107,13 +108,17 @@ def from_directory(directory) -> Splits:
     return read_idx_set(paths, source=str(directory))
 
 
+class TransferCut(PipelineError):
+    """The server sent less than it announced: worth one more try."""
+
+
 def fetch(url: str, timeout: float = NETWORK_TIMEOUT) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read()
     except http.client.IncompleteRead as error:
-        raise PipelineError(f"The transfer of {url} was cut short ({len(error.partial)} bytes received, "
-                            f"{error.expected} more expected).") from None
+        raise TransferCut(f"The transfer of {url} was cut short ({len(error.partial)} bytes received, "
+                          f"{error.expected} more expected).") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise PipelineError(f"Could not fetch {url} ({reason}).") from None
@@ -128,8 +133,10 @@ def download_verified(url: str, destination: Path, expected: str) -> None:
         with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{destination.name}.", delete=False) as tmp:
             try:
                 tmp.write(fetch(url, timeout=60))
-            except PipelineError:
+            except PipelineError as error:
                 os.unlink(tmp.name)
+                if isinstance(error, TransferCut) and attempt == 1:
+                    continue
                 raise
         got = sha256(Path(tmp.name))
         if got == expected:
@@ -164,16 +171,22 @@ def from_mirror(url: str, cache_dir: Path) -> Splits:
 
 
 def answers(url: str, timeout: float = 3.0) -> bool:
-    """Does the host of url accept a TCP connection within timeout? (DNS included, so offline is fast.)"""
+    """Does the host of url accept a TCP connection within timeout? Name resolution included.
+
+    The attempt runs in a daemon thread that is left behind if it hangs: a
+    resolver stuck for a minute (offline with a dead DNS server) neither
+    delays the answer nor the exit (a thread pool would be joined at exit).
+    """
     parts = urllib.parse.urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        future = pool.submit(socket.create_connection, (parts.hostname, port), timeout)
-        try:
-            future.result(timeout=timeout).close()
-            return True
-        except (OSError, concurrent.futures.TimeoutError):
-            return False
+    connected = threading.Event()
+
+    def connect():
+        with contextlib.suppress(OSError), socket.create_connection((parts.hostname, port), timeout):
+            connected.set()
+
+    threading.Thread(target=connect, daemon=True).start()
+    return connected.wait(timeout)
 
 
 def from_tfds(data_dir=None) -> Splits:

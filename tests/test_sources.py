@@ -2,6 +2,8 @@
 import hashlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,8 @@ from pipeline import sources
 from pipeline.errors import PipelineError
 from pipeline.idx import write_idx
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 needs_mnist = pytest.mark.skipif(not SHARED_MNIST.exists(), reason=f"full MNIST mirror not found at {SHARED_MNIST}")
 
 
@@ -37,7 +40,7 @@ class MirrorServer:
     """A real HTTP server on 127.0.0.1 serving a directory, with faults to order."""
 
     def __init__(self, root: Path):
-        self.root, self.truncate, self.requests = root, set(), []
+        self.root, self.truncate, self.requests = root, {}, []  # truncate: file name -> how many times
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -52,7 +55,9 @@ class MirrorServer:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if name in server.truncate else body)
+                cut = server.truncate.get(name, 0) > 0
+                server.truncate[name] = server.truncate.get(name, 0) - 1
+                self.wfile.write(body[: len(body) // 2] if cut else body)
 
             def log_message(self, *args):
                 pass
@@ -99,12 +104,33 @@ def test_checksum_mismatch_is_retried_once_then_reported(server, tmp_path):
     assert not leftovers(tmp_path / "cache")
 
 
-def test_truncated_transfer_is_reported_and_leaves_nothing(server, tmp_path):
-    server.truncate.add("train-images-idx3-ubyte.gz")
+def test_a_transfer_cut_short_twice_is_reported_and_leaves_nothing(server, tmp_path):
+    server.truncate["train-images-idx3-ubyte.gz"] = 2
     with pytest.raises(PipelineError, match="transfer of .*train-images-idx3-ubyte.gz was cut short"):
         sources.from_mirror(server.url, tmp_path / "cache")
+    assert server.requests.count("train-images-idx3-ubyte.gz") == 2
     assert not (tmp_path / "cache" / "train-images-idx3-ubyte.gz").exists()
     assert not leftovers(tmp_path / "cache")
+
+
+def test_a_transfer_cut_short_once_is_retried(server, tmp_path):
+    server.truncate["train-images-idx3-ubyte.gz"] = 1
+    splits = sources.from_mirror(server.url, tmp_path / "cache")
+    assert server.requests.count("train-images-idx3-ubyte.gz") == 2
+    np.testing.assert_array_equal(splits.train_images, server.arrays["train-images-idx3-ubyte.gz"][:50_000])
+
+
+def test_the_mirror_check_keeps_its_timeout_when_name_resolution_hangs(monkeypatch):
+    """A resolver that hangs for 8 s: the answer comes after the 0.5 s timeout, and exiting waits for nothing."""
+    script = ("import socket, time, sys\n"
+              "from pipeline import sources\n"
+              "socket.create_connection = lambda *a, **k: time.sleep(8)\n"
+              "started = time.perf_counter()\n"
+              "print(sources.answers('https://mirror.example/', timeout=0.5), time.perf_counter() - started < 2)\n")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.split() == ["False", "True"], result.stderr
+    assert time.perf_counter() - started < 6  # the process exits without waiting out the 8 s resolver
 
 
 def test_mirror_without_manifest_is_checked_against_the_official_digests(tmp_path):
