@@ -142,8 +142,10 @@ def test_a_mistake_fails_before_tensorflow_loads_and_leaves_nothing_behind(tmp_p
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-SMALL = ["--preset", "quick", "--data", "sample", "--set", "train_limit=640", "--set", "epochs=1",
-         "--set", "batch_size=64"]
+# One epoch of 640 images everywhere, but 150 updates for the dropout network and the ensemble's members.
+TINY = ["--preset", "quick", "--set", "train_limit=640", "--set", "epochs=1", "--set", "batch_size=64",
+        "--set", "min_steps.dropout=150", "--set", "min_steps.ensemble=150"]
+SMALL = [*TINY, "--data", "sample"]
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +174,9 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
         assert entry["evaluation"]["accuracy"] == pytest.approx(entry["test_accuracy"])
         assert entry["export"]["parity_max_abs_diff"] <= 1e-5
     assert len(summary["stages"]["ensemble"]["members"]) == 5
+    # Real digits: the networks that got 150 updates learn; the sigmoid ones that got 10 sit at chance, flagged.
+    assert summary["stages"]["ensemble"]["test_accuracy"] > 0.7 and not summary["stages"]["ensemble"]["warning"]
+    assert "near chance" in summary["stages"]["conv2"]["warning"]
     assert (tmp_path / "stages" / "conv1" / "model.keras").exists()
     assert (tmp_path / summary["stages"]["conv1"]["export"]["onnx"]).exists()
     assert (tmp_path / "bundle" / "ensemble.onnx").exists() and (tmp_path / "report" / "report.html").exists()
@@ -200,9 +205,21 @@ def test_new_data_marks_what_was_trained_on_the_old_out_of_date_and_never_mixes_
     warned = subprocess.run(predict, capture_output=True, text=True, cwd=REPO).stderr
     assert "warning: This bundle is out of date" in warned
 
-    code, out, _ = run(capsys, *SMALL[:2], "--data", str(SHARED_MNIST), "--run-dir", str(tmp_path),
-                       *SMALL[4:], "--stages", "baseline")
+    code, out, _ = run(capsys, *TINY, "--data", str(SHARED_MNIST), "--run-dir", str(tmp_path), "--stages", "baseline")
     assert code == 0 and "[baseline] out of date (trained on the data of sample, not the data now in data/): " \
                          "retraining" in out
     stages = json.loads((tmp_path / "summary.json").read_text())["stages"]
     assert stages["baseline"]["status"] == "done" and stages["conv1"]["status"] == "out of date"
+
+
+@pytest.mark.parametrize("train_images, epochs, dropout_epochs", [(4000, 65, 13), (50_000, 15, 6)])
+def test_the_fast_preset_gives_every_network_enough_updates_to_leave_chance(tmp_path, train_images, epochs,
+                                                                            dropout_epochs):
+    """On the sample (31 batches an epoch) conv2 gets 65 epochs, 2,000 updates; on full MNIST its own 15."""
+    from pipeline.runner import Runner
+    from pipeline.stages import STAGE_BY_ID
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "data.json").write_text(json.dumps({"train": train_images, "digest": "0" * 64}))
+    runner = Runner(tmp_path, "fast", config.resolve("fast", []), "auto")
+    assert runner.train_settings(STAGE_BY_ID["conv2"]).epochs == epochs
+    assert runner.train_settings(STAGE_BY_ID["dropout"]).epochs == dropout_epochs  # on 5x the images

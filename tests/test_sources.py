@@ -225,3 +225,37 @@ def test_full_mnist_from_the_shared_mirror(spec, tmp_path):
     counts = [len(splits.arrays[f"{p}_labels"]) for p in ("train", "validation", "test")]
     assert counts == [50_000, 10_000, 10_000]
     assert splits.train_labels[:5].tolist() == [5, 0, 4, 1, 9]  # the official order's first digits
+
+
+@needs_mnist
+def test_the_reference_split_is_the_official_order_cut_at_50000(tmp_path):
+    from pipeline.idx import read_idx
+    splits = sources.load(str(SHARED_MNIST), tmp_path / "cache")
+    official = {name: read_idx(SHARED_MNIST / name, expected_ndim=3 if "images" in name else 1)
+                for name in sources.FILES}
+    train_images, train_labels = official["train-images-idx3-ubyte.gz"], official["train-labels-idx1-ubyte.gz"]
+    np.testing.assert_array_equal(splits.train_images, train_images[:50_000])
+    np.testing.assert_array_equal(splits.train_labels, train_labels[:50_000])
+    np.testing.assert_array_equal(splits.validation_images, train_images[50_000:])
+    np.testing.assert_array_equal(splits.validation_labels, train_labels[50_000:])
+    np.testing.assert_array_equal(splits.test_images, official["t10k-images-idx3-ubyte.gz"])
+    np.testing.assert_array_equal(splits.test_labels, official["t10k-labels-idx1-ubyte.gz"])
+
+
+def test_tfds_path_takes_train_50000_then_the_rest_then_test(monkeypatch):
+    """tfds.load is asked for the three slices in that order, and each lands in its own part."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    asked = []
+
+    def fake_load(name, split, **options):
+        asked.append((name, split, options["as_supervised"]))
+        return [tf.data.Dataset.from_tensor_slices((np.full((n, 28, 28, 1), k, np.uint8), np.full(n, k, np.int64)))
+                for k, n in enumerate((7, 3, 5), start=1)]
+
+    monkeypatch.setattr(tfds, "load", fake_load)
+    splits = sources.from_tfds()
+    assert asked == [("mnist", ["train[:50000]", "train[50000:]", "test"], True)]
+    for part, (label, count) in zip(("train", "validation", "test"), ((1, 7), (2, 3), (3, 5))):
+        assert splits.arrays[f"{part}_labels"].tolist() == [label] * count
+        assert (splits.arrays[f"{part}_images"] == label).all() and splits.arrays[f"{part}_images"].shape[1:] == (28, 28)
