@@ -1,0 +1,72 @@
+"""What a run directory or a bundle offers the server: each model loaded, its file checked, described.
+
+Everything here happens before the server opens a port, so a damaged or
+missing bundle stops the command with one sentence instead of a server that
+never becomes ready.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference.artifacts import sha256
+from inference.ensemble import Ensemble, bundle_dir
+
+
+@dataclass(frozen=True)
+class Served:
+    name: str
+    ensemble: Ensemble
+    # What model metadata `parameters` carries. Only str, int and bool values:
+    # MLServer's gRPC side drops any other type (a float accuracy is sent as text).
+    about: dict
+
+
+def catalogue(path: Path, threads: int | None = None) -> list[Served]:
+    """`ensemble` and `ensemble-int8` (the bundle's fused graphs); given a run directory, also each stage's network.
+
+    Every file is checked against its SHA-256 (the bundle's manifest.json, the
+    run's summary.json) before its session is built. Raises OSError,
+    ValueError or KeyError with a plain sentence.
+    """
+    path = Path(path)
+    bundle = bundle_dir(path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    data = training_data(manifest.get("metadata", {}).get("data"))
+    models = []
+    for name, int8, weights in (("ensemble", False, "float32"), ("ensemble-int8", True, "int8")):
+        ensemble = Ensemble.load(bundle, int8=int8, threads=threads)
+        about = {**data, "weights": weights, "networks": len(manifest["members"]),
+                 "test_accuracy": f"{manifest['test_accuracy'][weights]:.4f}", "test_images": manifest["test_images"]}
+        if ensemble.training_data_warning:
+            about["warning"] = ensemble.training_data_warning
+        models.append(Served(name, ensemble, about))
+    return models + (stages(path, threads) if bundle != path else [])
+
+
+def stages(run: Path, threads: int | None) -> list[Served]:
+    """Each finished stage's exported network, under its stage id (the ensemble stage is the bundle itself)."""
+    summary = json.loads((run / "summary.json").read_text())
+    data = training_data(summary.get("data"))
+    models = []
+    for stage, entry in summary["stages"].items():
+        export = entry.get("export", {})
+        if entry.get("status") != "done" or "onnx" not in export:
+            continue
+        onnx = run / export["onnx"]
+        if sha256(onnx) != export["sha256"]["onnx"]:
+            raise ValueError(f"{onnx} does not match its SHA-256 in summary.json: the copy is damaged.")
+        about = {**data, "weights": "float32", "networks": 1, "network": str(entry.get("network", "")),
+                 "test_accuracy": f"{entry['test_accuracy']:.4f}", "test_images": summary["data"]["test"],
+                 "reference_accuracy": f"{entry['reference_accuracy']:.4f}"}
+        models.append(Served(stage, Ensemble([onnx], threads=threads), about))
+    return models
+
+
+def training_data(data: dict | None) -> dict:
+    """Where the training images came from, and whether they were only the 5,000-digit sample."""
+    if not data:
+        return {"training_data": "not recorded in the bundle"}
+    about = {"training_data": f"{data.get('source')}; split: {data.get('split')}", "sample": bool(data.get("sample"))}
+    if data.get("warning"):
+        about["warning"] = data["warning"]
+    return about

@@ -1,0 +1,85 @@
+"""The MLServer runtime: one model of the catalogue behind the Open Inference Protocol (REST and gRPC).
+
+MLServer builds one DigitModel per model from its ModelSettings; the loaded,
+checked ensemble arrives in `parameters.extra` (inference.serve.catalogue did
+the loading before any port opened).
+"""
+from pathlib import Path
+
+import numpy as np
+from fastapi.responses import HTMLResponse
+from mlserver import MLModel
+from mlserver.handlers import custom_handler
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
+
+from inference.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, VOTES_OUTPUT
+from inference.serve.catalogue import Served
+from inference.serve.request import PICTURES, BadRequest, read_request
+
+PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
+IMAGES = [-1, 28, 28, 1]
+INPUTS = [
+    MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
+                   parameters=Parameters(note="white digit on black, pixel / 255 in [0, 1], MNIST-centred")),
+    MetadataTensor(name=PICTURES, datatype="BYTES", shape=[-1],
+                   parameters=Parameters(note="encoded PNG/JPEG files: raw bytes over gRPC, base64 text over REST")),
+]
+OUTPUTS = [
+    MetadataTensor(name=CLASS_OUTPUT, datatype="INT64", shape=[-1]),
+    MetadataTensor(name=VOTES_OUTPUT, datatype="INT64", shape=[-1, 10]),
+    MetadataTensor(name=MEAN_OUTPUT, datatype="FP32", shape=[-1, 10]),
+    MetadataTensor(name="confidence", datatype="FP32", shape=[-1]),
+    MetadataTensor(name="warning", datatype="BYTES", shape=[-1], parameters=Parameters(note="empty when none")),
+    MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
+                   parameters=Parameters(note="pictures requests only: the image the networks saw")),
+]
+
+
+def model_settings(served: Served, *, mode: str, max_batch: int) -> ModelSettings:
+    runtime = DigitModelWithPage if served.name == "ensemble" else DigitModel
+    return ModelSettings(name=served.name, implementation=runtime, platform="onnxruntime",
+                         inputs=INPUTS, outputs=OUTPUTS,
+                         parameters=ModelParameters(extra={"served": served, "mode": mode, "max_batch": max_batch}))
+
+
+class DigitModel(MLModel):
+    async def load(self) -> bool:
+        extra = self.settings.parameters.extra
+        self.served, self.mode, self.max_batch = extra["served"], extra["mode"], extra["max_batch"]
+        return True
+
+    async def metadata(self):
+        metadata = await super().metadata()
+        metadata.parameters = Parameters(mode=self.mode, max_batch=self.max_batch, **self.served.about)
+        return metadata
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        wanted = [output.name for output in payload.outputs or ()]
+        images, from_pictures = read_request(payload, self.max_batch)
+        known = {tensor.name for tensor in OUTPUTS} - ({INPUT_NAME} if not from_pictures else set())
+        for name in wanted:
+            if name not in known:
+                raise BadRequest(f"Unknown output {name!r}: the outputs are {', '.join(sorted(known))}.")
+        prediction = self.served.ensemble.predict(images, mode=self.mode)
+        outputs = [tensor(CLASS_OUTPUT, "INT64", prediction.classes),
+                   tensor(VOTES_OUTPUT, "INT64", prediction.votes),
+                   tensor(MEAN_OUTPUT, "FP32", prediction.probabilities),
+                   tensor("confidence", "FP32", prediction.confidence),
+                   tensor("warning", "BYTES", np.array(prediction.warnings, dtype=str).reshape(-1))]
+        if from_pictures:
+            outputs.append(tensor(INPUT_NAME, "FP32", images))
+        return InferenceResponse(model_name=self.name,
+                                 outputs=[o for o in outputs if not wanted or o.name in wanted])
+
+
+def tensor(name: str, datatype: str, array: np.ndarray) -> ResponseOutput:
+    return ResponseOutput(name=name, datatype=datatype, shape=list(array.shape), data=array.ravel().tolist())
+
+
+class DigitModelWithPage(DigitModel):
+    """`ensemble` also serves the draw-a-digit page at / (MLServer adds a custom handler's route once per model)."""
+
+    @custom_handler(rest_path="/", rest_method="GET")
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())

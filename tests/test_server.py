@@ -1,0 +1,317 @@
+"""The model server as a client sees it: `python -m inference.server` in its own process, called with tritonclient.
+
+MLServer and tritonclient.grpc define the same protobuf messages, so they
+never share a process: the server is a subprocess on free ports of 127.0.0.1,
+stopped with SIGTERM, its exit status checked.
+"""
+import base64
+import io
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import json_format
+from google.protobuf.unknown_fields import UnknownFieldSet
+from PIL import Image
+
+from inference.artifacts import sha256, write_json
+from inference.ensemble import Ensemble
+from inference.pictures import picture_from_bytes
+
+httpclient = pytest.importorskip("tritonclient.http")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from conftest import TRAIN  # noqa: E402
+
+MAX_BATCH, MAX_BODY_MB = 1000, 8
+READY_WITHIN = 10.0
+PROTOCOLS = ("http", "grpc")
+BANNED = ("tensorflow", "keras", "onnx", "tf2onnx")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(command: list[str]) -> tuple[subprocess.Popen, dict, float]:
+    """Start a server command on free ports; return it, its ports and how long it took to be ready."""
+    ports = {"http": free_port(), "grpc": free_port()}
+    process = subprocess.Popen([*command, "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
+                                "--max-batch", str(MAX_BATCH), "--max-body-mb", str(MAX_BODY_MB)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    began = time.monotonic()
+    while time.monotonic() - began < 30 and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready", timeout=1) as answer:
+                if answer.status == 200:
+                    return process, ports, time.monotonic() - began
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    pytest.fail(f"the server did not become ready: {process.communicate()[1][-2000:]}")
+
+
+def stop(process: subprocess.Popen) -> str:
+    """SIGTERM; the server must exit with status 0 within 10 s. Returns its stderr."""
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr[-2000:]
+    return stderr
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, bundle):
+    """A run directory as the pipeline leaves it: the bundle, one stage's export and summary.json (sample data)."""
+    run = tmp_path_factory.mktemp("run")
+    shutil.copytree(bundle, run / "bundle")
+    onnx = run / "stages/small/export/small.onnx"
+    onnx.parent.mkdir(parents=True)
+    shutil.copyfile(bundle / "members/member_0.onnx", onnx)
+    write_json(run / "summary.json", {
+        "data": {"source": "sample", "split": "stratified 4,000 / 500 / 500", "sample": True, "test": 1000,
+                 "warning": "Trained on the 5,000-digit sample, not full MNIST."},
+        "stages": {"small": {"status": "done", "network": "fc64-softmax (relu)", "test_accuracy": 0.9,
+                             "reference_accuracy": 0.978,
+                             "export": {"onnx": "stages/small/export/small.onnx", "sha256": {"onnx": sha256(onnx)}}}}})
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    process, ports, seconds = start([sys.executable, "-m", "inference.server", "--models", str(run_dir)])
+    yield {"ports": ports, "ready_seconds": seconds}
+    stop(process)
+
+
+def client(server, protocol: str):
+    url = f"127.0.0.1:{server['ports'][protocol]}"
+    return httpclient.InferenceServerClient(url) if protocol == "http" else grpcclient.InferenceServerClient(url)
+
+
+def infer(server, protocol: str, tensors: dict, model: str = "ensemble") -> dict:
+    """tensors: name -> (datatype, array). REST sends JSON (pictures as base64 text), gRPC raw bytes."""
+    module = httpclient if protocol == "http" else grpcclient
+    inputs = []
+    for name, (datatype, array) in tensors.items():
+        if protocol == "http" and datatype == "BYTES":
+            array = np.array([base64.b64encode(item) for item in array.ravel()], dtype=object).reshape(array.shape)
+        tensor = module.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, **({"binary_data": False} if protocol == "http" else {}))
+        inputs.append(tensor)
+    result = client(server, protocol).infer(model, inputs)
+    names = [output["name"] for output in (result.get_response()["outputs"] if protocol == "http"
+                                           else result.get_response(as_json=True)["outputs"])]
+    answer = {name: result.as_numpy(name) for name in names}
+    if "warning" in answer:  # BYTES: text in JSON, bytes over gRPC
+        answer["warning"] = [w.decode() if isinstance(w, bytes) else w for w in answer["warning"]]
+    return answer
+
+
+def png(image: np.ndarray, scale: int = 3) -> bytes:
+    """A digit as people draw it: dark ink on white paper, larger than 28x28."""
+    pixels = Image.fromarray(np.round(255 - image[..., 0] * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    pixels.resize((28 * scale, 28 * scale), Image.BILINEAR).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def metadata(server, protocol: str, model: str) -> dict:
+    """Model metadata as JSON, with its parameters as plain values.
+
+    MLServer sends the parameters over gRPC as field 6 of its own proto (a map
+    of InferParameter); tritonclient's proto, Triton's, has no such field, so
+    they are read from the message's unknown fields with tritonclient's own
+    InferParameter map entry.
+    """
+    triton = client(server, protocol)
+    if protocol == "http":
+        return triton.get_model_metadata(model)
+    response = triton.get_model_metadata(model)
+    answer = json_format.MessageToDict(response)
+    entries = [grpcclient.service_pb2.ModelInferRequest.ParametersEntry.FromString(field.data)
+               for field in UnknownFieldSet(response) if field.field_number == 6]
+    answer["parameters"] = {entry.key: getattr(entry.value, entry.value.WhichOneof("parameter_choice"))
+                            for entry in entries}
+    return answer
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ready_within_10_s_with_metadata(server, protocol):
+    assert server["ready_seconds"] < READY_WITHIN
+    triton = client(server, protocol)
+    assert triton.is_server_live() and triton.is_server_ready()
+    for model in ("ensemble", "ensemble-int8", "small"):
+        assert triton.is_model_ready(model)
+    ensemble = metadata(server, protocol, "ensemble")
+    inputs = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in ensemble["inputs"]}
+    outputs = {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in ensemble["outputs"]}
+    assert inputs == {"images": ("FP32", [-1, 28, 28, 1]), "pictures": ("BYTES", [-1])}
+    assert outputs == {"class": ("INT64", [-1]), "votes": ("INT64", [-1, 10]), "probabilities": ("FP32", [-1, 10]),
+                       "confidence": ("FP32", [-1]), "warning": ("BYTES", [-1]), "images": ("FP32", [-1, 28, 28, 1])}
+    assert ensemble["parameters"]["networks"] == 5 and float(ensemble["parameters"]["test_accuracy"]) > 0.8
+    stage = metadata(server, protocol, "small")["parameters"]
+    assert float(stage["test_accuracy"]) == 0.9 and float(stage["reference_accuracy"]) == 0.978
+    assert stage["training_data"].startswith("sample;") and stage["sample"] is True
+    assert "5,000-digit sample" in stage["warning"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_held_out_digits_as_in_process(server, protocol, bundle, mnist_digits):
+    images = mnist_digits[0][TRAIN:]
+    expected = Ensemble.load(bundle).predict(images)
+    batches = [infer(server, protocol, {"images": ("FP32", images[i:i + 250])}) for i in range(0, len(images), 250)]
+    answer = {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+    answer["warning"] = list(answer["warning"])
+    assert sorted(answer) == ["class", "confidence", "probabilities", "votes", "warning"]
+    np.testing.assert_array_equal(answer["class"], expected.classes)
+    np.testing.assert_array_equal(answer["votes"], expected.votes)
+    np.testing.assert_allclose(answer["probabilities"], expected.probabilities, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(answer["confidence"], expected.confidence, rtol=0, atol=1e-6)
+    assert answer["warning"] == expected.warnings
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_pictures_as_in_process(server, protocol, bundle, mnist_digits):
+    pictures = np.array([png(image) for image in mnist_digits[0][TRAIN:TRAIN + 6]], dtype=object)
+    seen = np.stack([picture_from_bytes(picture) for picture in pictures])[..., None]
+    expected = Ensemble.load(bundle).predict(seen)
+    answer = infer(server, protocol, {"pictures": ("BYTES", pictures)})
+    np.testing.assert_array_equal(answer["images"], seen)
+    np.testing.assert_array_equal(answer["class"], expected.classes)
+    np.testing.assert_allclose(answer["probabilities"], expected.probabilities, rtol=0, atol=1e-6)
+
+
+ONE = np.zeros((1, 28, 28, 1), np.float32)
+STROKE = ONE.copy()
+STROKE[0, 4:24, 13:15] = 1  # a 1
+# JSON has no NaN or infinity: tritonclient writes them anyway, and the REST side refuses the body as not JSON.
+NOT_FINITE = {"http": "The request body is not valid JSON.", "grpc": "Images contain NaN or infinite values."}
+BAD_REQUESTS = {  # case -> (inputs, model, HTTP status, gRPC status, what the message says)
+    "wrong shape": ({"images": ("FP32", np.zeros((2, 28, 28, 3), np.float32))}, "ensemble", 400, "INVALID_ARGUMENT",
+                    "Images must have shape [N, 28, 28, 1]"),
+    "wrong datatype": ({"images": ("FP64", np.zeros((1, 28, 28, 1)))}, "ensemble", 400, "INVALID_ARGUMENT",
+                       "images must be FP32, not FP64."),
+    "wrong input name": ({"pixels": ("FP32", ONE)}, "ensemble", 400, "INVALID_ARGUMENT", "Unknown input 'pixels'"),
+    "NaN": ({"images": ("FP32", np.full_like(ONE, np.nan))}, "ensemble", 400, "INVALID_ARGUMENT", NOT_FINITE),
+    "infinite": ({"images": ("FP32", np.full_like(ONE, np.inf))}, "ensemble", 400, "INVALID_ARGUMENT", NOT_FINITE),
+    "above 1": ({"images": ("FP32", ONE + 255)}, "ensemble", 400, "INVALID_ARGUMENT", "must lie in [0, 1]"),
+    "below 0": ({"images": ("FP32", ONE - 0.5)}, "ensemble", 400, "INVALID_ARGUMENT", "must lie in [0, 1]"),
+    "batch over the limit": ({"images": ("FP32", np.zeros((MAX_BATCH + 1, 28, 28, 1), np.float32))}, "ensemble", 400,
+                             "INVALID_ARGUMENT", "more than the 1,000 accepted (--max-batch)."),
+    "undecodable picture": ({"pictures": ("BYTES", np.array([png(STROKE[0]), b"not a picture"], dtype=object))},
+                            "ensemble", 400, "INVALID_ARGUMENT", "pictures[1]: "),
+    "no input": ({}, "ensemble", 400, "INVALID_ARGUMENT", "The request has no input"),
+    "both inputs": ({"images": ("FP32", ONE), "pictures": ("BYTES", np.array([b"x"], dtype=object))}, "ensemble",
+                    400, "INVALID_ARGUMENT", "2 inputs (images, pictures); send exactly one."),
+    "unknown model": ({"images": ("FP32", ONE)}, "nope", 404, "NOT_FOUND",  # MLServer's own words
+                      {"http": "Model nope not found", "grpc": "Model nope with version  not found"}),
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_request_is_refused_and_the_server_goes_on(server, protocol, case):
+    tensors, model, http_status, grpc_status, message = BAD_REQUESTS[case]
+    message = message[protocol] if isinstance(message, dict) else message
+    with pytest.raises(InferenceServerException) as refused:
+        infer(server, protocol, tensors, model)
+    status = str(http_status) if protocol == "http" else f"StatusCode.{grpc_status}"
+    assert refused.value.status() == status and message in refused.value.message()
+    assert "\n" not in refused.value.message() and "Traceback" not in refused.value.message()
+    assert infer(server, protocol, {"images": ("FP32", ONE)})["class"].shape == (1,)
+
+
+def test_body_over_the_limit(server):
+    """REST: 400 before the body is parsed, even when gzip hides its size; gRPC: the message limit's own status."""
+    images = np.zeros((MAX_BODY_MB * 1024 * 1024 // 3136 + 1, 28, 28, 1), np.float32)
+    url = f"http://127.0.0.1:{server['ports']['http']}/v2/models/ensemble/infer"
+    body = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": list(images.shape),
+                                   "data": images.ravel().tolist()}]}).encode()
+    import gzip
+    for data, headers in ((body, {}), (gzip.compress(body), {"Content-Encoding": "gzip"})):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, data, {"Content-Type": "application/json", **headers}))
+        assert refused.value.code == 400
+        assert json.load(refused.value) == {"error": "The request body is larger than the 8 MB accepted "
+                                                     "(--max-body-mb)."}
+    with pytest.raises(InferenceServerException) as refused:
+        infer(server, "grpc", {"images": ("FP32", images)})
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert infer(server, "grpc", {"images": ("FP32", ONE)})["class"].shape == (1,)
+
+
+def test_rest_bodies_that_are_not_inference_requests(server):
+    url = f"http://127.0.0.1:{server['ports']['http']}/v2/models/ensemble/infer"
+    cases = {b"{not json": "The request body is not valid JSON.",
+             b'{"outputs": []}': "The request is not a valid inference request: inputs: Field required.",
+             json.dumps({"inputs": [{"name": "pictures", "datatype": "BYTES", "shape": [1], "data": ["%%"]}]}).encode():
+             "pictures[0]: The picture is not base64 text; over REST each picture is a base64 string."}
+    for body, message in cases.items():
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}))
+        assert refused.value.code == 400 and json.load(refused.value) == {"error": message}
+
+
+def test_load_8_clients_x_200_requests(server, bundle, mnist_digits):
+    """Four gRPC and four REST clients at once, one digit per request: every request answered, correctly."""
+    images = mnist_digits[0][TRAIN:]
+    expected = Ensemble.load(bundle).predict(images).classes
+    answered, errors = [], []
+
+    def work(protocol: str, seed: int):
+        triton = client(server, protocol)
+        for index in np.random.default_rng(seed).integers(0, len(images), 200):
+            try:
+                tensor = (httpclient if protocol == "http" else grpcclient).InferInput("images", [1, 28, 28, 1], "FP32")
+                tensor.set_data_from_numpy(images[index:index + 1], **({"binary_data": False} if protocol == "http"
+                                                                        else {}))
+                answered.append(int(triton.infer("ensemble", [tensor]).as_numpy("class")[0]) == expected[index])
+            except Exception as error:  # noqa: BLE001 - every failure is counted and shown
+                errors.append(repr(error))
+    workers = [threading.Thread(target=work, args=(protocol, seed), daemon=True)
+               for seed, protocol in enumerate(PROTOCOLS * 4)]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + 120
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    assert not errors, errors[:3]
+    assert len(answered) == 8 * 200 and all(answered)
+
+
+def test_damaged_or_missing_bundle_exits_2_with_one_sentence(tmp_path, bundle):
+    damaged = tmp_path / "bundle"
+    shutil.copytree(bundle, damaged)
+    with open(damaged / "ensemble_int8.onnx", "r+b") as file:
+        file.seek(100)
+        file.write(b"\0damaged\0")
+    for models, says in ((damaged, "does not match its SHA-256"), (tmp_path / "nothing", "neither an ensemble bundle")):
+        done = subprocess.run([sys.executable, "-m", "inference.server", "--models", str(models),
+                               "--http-port", str(free_port()), "--grpc-port", str(free_port())],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and says in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_serving_imports_no_tensorflow_and_sigterm_stops_it(bundle):
+    """A fresh process that imports the server module and serves: no TensorFlow, Keras or ONNX in sys.modules."""
+    probe = ("import atexit, sys\n"
+             "from inference.server import main\n"
+             f"atexit.register(lambda: print('loaded:', sorted(m for m in sys.modules if m.split('.')[0] in {BANNED})"
+             ", file=sys.stderr))\n"
+             "sys.exit(main(sys.argv[1:]))\n")
+    process, _, seconds = start([sys.executable, "-c", probe, "--models", str(bundle)])
+    assert seconds < READY_WITHIN
+    assert stop(process).strip().splitlines()[-1] == "loaded: []"
