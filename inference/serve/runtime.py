@@ -14,6 +14,7 @@ from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
 
 from inference.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, VOTES_OUTPUT
+from inference.ensemble import Prediction
 from inference.serve.catalogue import Served
 from inference.serve.request import PICTURES, BadRequest, read_request
 
@@ -55,22 +56,25 @@ class DigitModel(MLModel):
         return metadata
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        wanted = [output.name for output in payload.outputs or ()]
         images, from_pictures = read_request(payload, self.max_batch)
-        known = {tensor.name for tensor in OUTPUTS} - ({INPUT_NAME} if not from_pictures else set())
+        wanted = [output.name for output in payload.outputs or ()]
+        known = {tensor.name for tensor in OUTPUTS} - (set() if from_pictures else {INPUT_NAME})
         for name in wanted:
             if name not in known:
                 raise BadRequest(f"Unknown output {name!r}: the outputs are {', '.join(sorted(known))}.")
         prediction = self.served.ensemble.predict(images, mode=self.mode)
+        return self.respond(prediction, images if from_pictures else None, wanted)
+
+    def respond(self, prediction: Prediction, images: np.ndarray | None, wanted: list[str]) -> InferenceResponse:
+        """The outputs asked for (all when none is named); `images` only for pictures, to show what was seen."""
         outputs = [tensor(CLASS_OUTPUT, "INT64", prediction.classes),
                    tensor(VOTES_OUTPUT, "INT64", prediction.votes),
                    tensor(MEAN_OUTPUT, "FP32", prediction.probabilities),
                    tensor("confidence", "FP32", prediction.confidence),
                    tensor("warning", "BYTES", np.array(prediction.warnings, dtype=str).reshape(-1))]
-        if from_pictures:
+        if images is not None:
             outputs.append(tensor(INPUT_NAME, "FP32", images))
-        return InferenceResponse(model_name=self.name,
-                                 outputs=[o for o in outputs if not wanted or o.name in wanted])
+        return InferenceResponse(model_name=self.name, outputs=[o for o in outputs if not wanted or o.name in wanted])
 
 
 def tensor(name: str, datatype: str, array: np.ndarray) -> ResponseOutput:

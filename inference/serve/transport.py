@@ -54,7 +54,7 @@ def numpy_raw_inputs(inputs: list, contents: list[bytes]) -> list:
         except (ValueError, KeyError, struct.error):
             raise BadRequest(f"The raw contents of {tensor.name} ({len(data):,} bytes) do not fit its datatype "
                              f"{tensor.datatype} and shape {tensor.shape}.") from None
-        tensor.data = TensorData(values)
+        tensor.data = TensorData.model_construct(root=values)  # validation would walk the array as a list
     return inputs
 
 

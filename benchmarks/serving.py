@@ -1,0 +1,252 @@
+"""Serving benchmark: the model server over gRPC and REST against in-process inference, measured in one run.
+
+    python -m benchmarks.serving --models runs/fast       # a run directory or a bundle
+
+The server (`python -m inference.server`) runs as its own process on free
+ports of 127.0.0.1 and is called with tritonclient (MLServer and
+tritonclient.grpc cannot share a process). Rows: one image per request
+(FP32 [1, 28, 28, 1]) at concurrency 1 and 8, latency p50/p99 over --calls
+requests; and throughput in images/s at batch 256, median of --repeats
+passes over 2,560 images. In-process inference (inference.ensemble, same
+threads) is measured the same way, in turns with the server so that a burst
+of load hits both alike, and every row carries its ratio to it. A second
+process (--phases) times the server's own steps without any network: where
+the time goes. Timings on a shared machine are noisy: the load average is
+recorded, compare medians.
+"""
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.flops import timed
+from inference.contract import as_images
+from inference.ensemble import Ensemble, bundle_dir
+
+BATCH, PASS_IMAGES, CONCURRENCY = 256, 2560, (1, 8)
+TARGETS = {"grpc_throughput_ratio_min": 0.85, "grpc_p50_ms_at_concurrency_1_max": 5.0}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("runs/fast"), help="a run directory or a bundle")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=400, help="one-image requests per row")
+    parser.add_argument("--phases", action="store_true", help="only time the server's steps in this process, as JSON")
+    args = parser.parse_args(argv)
+    if args.phases:
+        print(json.dumps(phases(args.models, args.threads, args.calls // 4)))
+        return {}
+    load_before = os.getloadavg()
+    images = digits(args.models)
+    ensemble = Ensemble.load(args.models, threads=args.threads)
+    with Server(args.models, args.threads) as ports:
+        contenders = {"in_process": lambda x: ensemble.predict(x),
+                      "grpc": remote("grpc", ports["grpc"]), "rest": remote("rest", ports["http"])}
+        rates, seconds = measure(contenders, images, args.repeats, args.calls)
+    steps = json.loads(subprocess.run([sys.executable, "-m", "benchmarks.serving", "--phases", "--models",
+                                       str(args.models), "--threads", str(args.threads), "--calls", str(args.calls)],
+                                      capture_output=True, text=True, check=True).stdout)
+    result = {"source": str(args.models), "threads": args.threads, "cpus": os.cpu_count(),
+              "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "note": "machine idle when the 1-minute load average stays well under the CPU count",
+              "rows": rows(rates, seconds), "server_phases_ms": steps, "targets": TARGETS}
+    result["targets_met"] = targets_met(result["rows"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    return result
+
+
+def digits(models: Path) -> np.ndarray:
+    """A run's test images, or 2,560 random ones in [0, 1] for a bare bundle."""
+    test = Path(models) / "data" / "test_images.npy"
+    if test.exists():
+        return as_images(np.load(test)[:PASS_IMAGES])
+    return np.random.default_rng(0).random((PASS_IMAGES, 28, 28, 1), dtype=np.float32)
+
+
+class Server:
+    """The server as a subprocess on free ports; stopped with SIGTERM."""
+
+    def __init__(self, models: Path, threads: int):
+        self.ports = {"http": free_port(), "grpc": free_port()}
+        self.command = [sys.executable, "-m", "inference.server", "--models", str(models), "--threads", str(threads),
+                        "--http-port", str(self.ports["http"]), "--grpc-port", str(self.ports["grpc"])]
+
+    def __enter__(self) -> dict:
+        import urllib.request
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/v2/health/ready", timeout=1)
+                return self.ports
+            except OSError:
+                if self.process.poll() is not None:
+                    raise SystemExit(f"the server stopped: {self.process.stderr.read()}")
+                time.sleep(0.1)
+        raise SystemExit("the server was not ready within 30 s")
+
+    def __exit__(self, *_):
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def remote(protocol: str, port: int):
+    """predict(images) over tritonclient; one client per calling thread, made on first use."""
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+        options = {}
+    else:
+        import tritonclient.http as module
+        options = {"binary_data": False}  # MLServer's REST side has no binary extension: JSON
+    local = threading.local()
+
+    def predict(images: np.ndarray):
+        if not hasattr(local, "client"):
+            local.client = module.InferenceServerClient(f"127.0.0.1:{port}")
+        tensor = module.InferInput("images", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images, **options)
+        return local.client.infer("ensemble", [tensor]).as_numpy("class")
+    return predict
+
+
+def measure(contenders: dict, images: np.ndarray, repeats: int, calls: int):
+    """Images/s of passes at batch 256, and seconds per one-image request at each concurrency, taken in turns."""
+    rates = {name: [] for name in contenders}
+    seconds = {(name, c): [] for name in contenders for c in CONCURRENCY}
+    for predict in contenders.values():  # warm-up: sessions, connections, memory pools
+        predict(images[:BATCH])
+        predict(images[:1])
+    for round_ in range(repeats):
+        for name, predict in contenders.items():
+            rates[name].append(len(images) / timed(lambda: [predict(images[i:i + BATCH])
+                                                            for i in range(0, len(images), BATCH)]))
+            for concurrency in CONCURRENCY:
+                first = round_ * calls // repeats
+                seconds[name, concurrency] += concurrently(predict, images[first:first + calls // repeats],
+                                                           concurrency)
+    return rates, seconds
+
+
+def concurrently(predict, images: np.ndarray, concurrency: int) -> list[float]:
+    """Seconds per one-image call, with `concurrency` callers at once sharing the images."""
+    times = []
+
+    def caller(part):
+        times.extend(timed(lambda: predict(part[i:i + 1])) for i in range(len(part)))
+    callers = [threading.Thread(target=caller, args=(part,)) for part in np.array_split(images, concurrency)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+    return times
+
+
+def rows(rates: dict, seconds: dict) -> list[dict]:
+    base_rate = float(np.median(rates["in_process"]))
+    result = []
+    for name in rates:
+        rate = float(np.median(rates[name]))
+        row = {"name": name, "throughput_batch_256": round(rate), "throughput_ratio": round(rate / base_rate, 3)}
+        for concurrency in CONCURRENCY:
+            p50, p99 = (float(np.percentile(seconds[name, concurrency], q)) * 1e3 for q in (50, 99))
+            base = float(np.percentile(seconds["in_process", concurrency], 50)) * 1e3
+            row[f"concurrency_{concurrency}"] = {"p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
+                                                "p50_ratio": round(p50 / base, 2)}
+        result.append(row)
+    return result
+
+
+def targets_met(table: list[dict]) -> dict:
+    grpc = next(row for row in table if row["name"] == "grpc")
+    return {"grpc_throughput_ratio": grpc["throughput_ratio"] >= TARGETS["grpc_throughput_ratio_min"],
+            "grpc_p50_at_concurrency_1": grpc["concurrency_1"]["p50_ms"] <= TARGETS["grpc_p50_ms_at_concurrency_1_max"]}
+
+
+def phases(models: Path, threads: int, calls: int) -> dict:
+    """Median milliseconds of each server step for one request of 1 and of 256 images, gRPC and REST, no network.
+
+    decode: the message to MLServer's request (gRPC: protobuf and this
+    server's NumPy path; REST: JSON and pydantic, as FastAPI does); validate:
+    inference.serve.request (over REST also the list of numbers to NumPy); onnxruntime: the ensemble's predict; respond:
+    the response tensors and their encoding back to protobuf or JSON.
+    """
+    import orjson
+    from mlserver.codecs.json import encode_to_json_bytes
+    from mlserver.grpc import dataplane_pb2 as pb
+    from mlserver.grpc.converters import ModelInferRequestConverter, ModelInferResponseConverter
+    from mlserver.types import InferenceRequest
+
+    from inference.serve import transport
+    from inference.serve.catalogue import catalogue
+    from inference.serve.request import read_request
+    from inference.serve.runtime import DigitModel, model_settings
+    transport.use_numpy_over_grpc()
+    served = catalogue(bundle_dir(models), threads=threads)[0]
+    model = DigitModel(model_settings(served, mode="vote", max_batch=BATCH))
+    asyncio.run(model.load())
+    images = digits(models)
+    decoders = {"grpc": lambda message: ModelInferRequestConverter.to_types(pb.ModelInferRequest.FromString(message)),
+                "rest": lambda body: InferenceRequest.model_validate(orjson.loads(body))}
+    encoders = {"grpc": lambda response: ModelInferResponseConverter.from_types(response, use_raw=True)
+                .SerializeToString(),
+                "rest": lambda response: encode_to_json_bytes(response.model_dump(exclude_none=True))}
+    result = {}
+    for batch in (1, BATCH):
+        x = images[:batch]
+        tensor = {"name": "images", "datatype": "FP32", "shape": list(x.shape)}
+        messages = {"grpc": pb.ModelInferRequest(model_name="ensemble", inputs=[pb.ModelInferRequest.InferInputTensor(
+                        **tensor)], raw_input_contents=[x.tobytes()]).SerializeToString(),
+                    "rest": json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()}
+        for protocol, message in messages.items():
+            prediction = served.ensemble.predict(x)
+            steps = {"decode": lambda: decoders[protocol](message),
+                     "validate": lambda: read_request(decoders[protocol](message), BATCH),
+                     "onnxruntime": lambda: served.ensemble.predict(x),
+                     "respond": lambda: encoders[protocol](model.respond(prediction, None, []))}
+            times = {step: [timed(call) for _ in range(calls if batch == 1 else max(3, calls // 20))]
+                     for step, call in steps.items()}
+            medians = {step: float(np.median(t)) * 1e3 for step, t in times.items()}
+            medians["validate"] -= medians["decode"]  # validate ran on a freshly decoded request each time
+            result[f"{protocol}_batch_{batch}"] = {step: round(ms, 3) for step, ms in medians.items()}
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Source: {result['source']}; {result['threads']} ONNX Runtime threads on {result['cpus']} CPUs; "
+             f"load average {result['load_average_before'][0]:.2f} before, {result['load_average_after'][0]:.2f} after.",
+             "", "| path | img/s at batch 256 (x in-process) | 1 image, concurrency 1: p50 / p99 ms (x) "
+             "| concurrency 8: p50 / p99 ms (x) |", "|---|---:|---:|---:|"]
+    for row in result["rows"]:
+        cells = [f"{row[f'concurrency_{c}']['p50_ms']:.2f} / {row[f'concurrency_{c}']['p99_ms']:.2f} "
+                 f"({row[f'concurrency_{c}']['p50_ratio']:.2f})" for c in CONCURRENCY]
+        lines.append(f"| {row['name']} | {row['throughput_batch_256']:,} ({row['throughput_ratio']:.2f}) | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Server steps, median ms (no network):", "", "| request | decode | validate | onnxruntime | respond |",
+              "|---|---:|---:|---:|---:|"]
+    for name, steps in result["server_phases_ms"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{steps[s]:.3f}" for s in ("decode", "validate", "onnxruntime",
+                                                                          "respond")) + " |")
+    lines += ["", f"Targets met: {result['targets_met']}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
