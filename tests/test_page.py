@@ -328,6 +328,7 @@ def test_a_picked_and_a_dropped_picture_are_classified(page, server, mnist_digit
 def test_a_server_error_is_shown_as_a_sentence(page, server, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("Milk, eggs, and a 7.\n")
+    drawn_digit(page, server, SEVEN, "mouse")
     before = seq(page)
     element(page, "file").send_keys(str(notes))
     assert settled(page, before) == "error"
@@ -337,7 +338,9 @@ def test_a_server_error_is_shown_as_a_sentence(page, server, tmp_path):
     assert message == body["error"].removeprefix("pictures[0]: ")
     assert message[0].isupper() and message.endswith(".") and "{" not in message and "400" not in message
     assert element(page, "error").is_displayed() and element(page, "error").get_attribute("role") == "alert"
-    assert shown(page)["digit"] == "?"
+    view = shown(page)
+    assert view["digit"] == "?" and view["warning"] is None
+    assert not any(view["votes"]) and not any(view["seen"]), "the 7's figures are still shown beside the error"
 
     drawn_digit(page, server, ONE, "mouse")  # drawing again takes the message away
     assert not element(page, "error").is_displayed()
