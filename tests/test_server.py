@@ -162,6 +162,7 @@ def test_ready_within_10_s_with_metadata(server, protocol):
     assert outputs == {"class": ("INT64", [-1]), "votes": ("INT64", [-1, 10]), "probabilities": ("FP32", [-1, 10]),
                        "confidence": ("FP32", [-1]), "warning": ("BYTES", [-1]), "images": ("FP32", [-1, 28, 28, 1])}
     assert ensemble["parameters"]["networks"] == 5 and float(ensemble["parameters"]["test_accuracy"]) > 0.8
+    assert ensemble["parameters"]["sample"] is True  # the bundle does not say; its run's summary.json does
     stage = metadata(server, protocol, "small")["parameters"]
     assert float(stage["test_accuracy"]) == 0.9 and float(stage["reference_accuracy"]) == 0.978
     assert stage["training_data"].startswith("sample;") and stage["sample"] is True

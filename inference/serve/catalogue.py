@@ -30,8 +30,10 @@ def catalogue(path: Path, threads: int | None = None) -> list[Served]:
     """
     path = Path(path)
     bundle = bundle_dir(path)
+    summary = json.loads((path / "summary.json").read_text()) if bundle != path else {}
     manifest = json.loads((bundle / "manifest.json").read_text())
-    data = training_data(manifest.get("metadata", {}).get("data"))
+    # Bundles record their training data since the runner writes it; an older one has its run's.
+    data = training_data(manifest.get("metadata", {}).get("data") or summary.get("data"))
     models = []
     for name, int8, weights in (("ensemble", False, "float32"), ("ensemble-int8", True, "int8")):
         ensemble = Ensemble.load(bundle, int8=int8, threads=threads)
@@ -40,15 +42,14 @@ def catalogue(path: Path, threads: int | None = None) -> list[Served]:
         if ensemble.training_data_warning:
             about["warning"] = ensemble.training_data_warning
         models.append(Served(name, ensemble, about))
-    return models + (stages(path, threads) if bundle != path else [])
+    return models + stages(path, summary, threads)
 
 
-def stages(run: Path, threads: int | None) -> list[Served]:
+def stages(run: Path, summary: dict, threads: int | None) -> list[Served]:
     """Each finished stage's exported network, under its stage id (the ensemble stage is the bundle itself)."""
-    summary = json.loads((run / "summary.json").read_text())
     data = training_data(summary.get("data"))
     models = []
-    for stage, entry in summary["stages"].items():
+    for stage, entry in summary.get("stages", {}).items():
         export = entry.get("export", {})
         if entry.get("status") != "done" or "onnx" not in export:
             continue
