@@ -1,13 +1,15 @@
 """The reference layers (SEED.md "Layers") as Keras pieces.
 
 Keras has Dense and Dropout; what it lacks is the reference conv-pool order
-(pool *before* bias + activation, which matters for L2 pooling) and the
+(pool *before* bias + activation, which matters for L2 pooling), the
 reference initialisation, whose standard deviation depends on the layer's
-fan-out. Those two are the only custom parts.
+fan-out, and dropout that draws its own masks on every replica of a
+tf.distribute strategy. Those three are the only custom parts.
 """
 import math
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -69,3 +71,33 @@ class ConvPool(keras.layers.Layer):
                 "padding": self.padding, "seed": self.seed,
                 "activation": keras.activations.serialize(self.activation),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)}
+
+
+@keras.saving.register_keras_serializable(package="mnist")
+class ReplicaDropout(keras.layers.Dropout):
+    """Keras's Dropout, except that every replica of a tf.distribute strategy draws its own masks.
+
+    Keras's seeded Dropout takes its per-call seed from one seed-generator
+    state that each replica holds a copy of, so under MirroredStrategy or
+    MultiWorkerMirroredStrategy every replica would drop the same units on
+    every step. Here the drawn seed is folded with the replica's global id
+    (its id in the sync group, which counts across workers). Replica 0 (and
+    any call outside a strategy) uses the drawn seed as it is, so with one
+    replica the masks are exactly Keras's. The state still advances by one
+    per call on every replica, deterministically from the seed, and it is a
+    variable of the model (tf.train.Checkpoint(model=...) does not reach it;
+    pipeline.train checkpoints it).
+    """
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        seed = self.seed_generator.next()
+        context = tf.distribute.get_replica_context()
+        replica = tf.cast(context.replica_id_in_sync_group if context is not None else 0, tf.int32)
+        folded = tf.cast(tf.random.experimental.stateless_fold_in(seed, replica), seed.dtype)
+        seed = tf.where(replica > 0, folded, seed)
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)  # as Keras casts it
+        noise_shape = None if self.noise_shape is None else [
+            tf.shape(inputs)[i] if size is None else size for i, size in enumerate(self.noise_shape)]
+        return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, noise_shape=noise_shape, seed=seed)

@@ -1,7 +1,7 @@
 """The one function that turns a network spec into a Keras model, and the loader for saved ones."""
 import keras
 
-from models.layers import ConvPool, reference_bias_init, reference_kernel_init
+from models.layers import ConvPool, ReplicaDropout, reference_bias_init, reference_kernel_init
 from models.specs import IMAGE_SHAPE, NUM_CLASSES, Conv, Network
 
 
@@ -24,7 +24,7 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
             layers.append(keras.layers.Flatten())
             flat = True
         if network.dropout:
-            layers.append(keras.layers.Dropout(network.dropout, seed=next(seeds)))
+            layers.append(ReplicaDropout(network.dropout, seed=next(seeds)))
         s = next(seeds)
         layers.append(keras.layers.Dense(
             spec.units, activation=network.activation, kernel_initializer=reference_kernel_init(spec.units, s),
@@ -32,7 +32,7 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
     if not flat:
         layers.append(keras.layers.Flatten())
     if network.dropout:
-        layers.append(keras.layers.Dropout(network.dropout, seed=next(seeds)))
+        layers.append(ReplicaDropout(network.dropout, seed=next(seeds)))
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", kernel_initializer="zeros",
                                      kernel_regularizer=regularizer, name="probabilities"))
     return keras.Sequential(layers, name=name)

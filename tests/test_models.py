@@ -1,5 +1,6 @@
 """The reference semantics of SEED.md "Layers", pinned number by number."""
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,8 @@ def test_reference_initialisation_statistics():
 def test_dropout_only_on_inputs_of_fc_and_softmax_layers():
     model = build_network(STAGE_BY_ID["dropout"].network)
     kinds = [type(l).__name__ for l in model.layers]
-    assert kinds == ["ConvPool", "ConvPool", "Flatten", "Dropout", "Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    assert kinds == ["ConvPool", "ConvPool", "Flatten", "ReplicaDropout", "Dense", "ReplicaDropout", "Dense",
+                     "ReplicaDropout", "Dense"]
     assert all(l.rate == 0.5 for l in model.layers if isinstance(l, keras.layers.Dropout))
 
 
@@ -74,6 +76,60 @@ def test_dropout_acts_in_training_only():
     np.testing.assert_array_equal(inference[0], inference[1])
     assert not np.allclose(training[0], training[1])
     assert not np.allclose(training[0], inference[0])
+
+
+REPLICA_MASKS = """
+import sys
+import keras
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from models.networks import build_network
+from pipeline.stages import STAGE_BY_ID
+
+def masks(strategy):
+    # Each dropout layer's mask on every replica, two steps: 1 kept, 0 dropped, -1 where the input was 0 already.
+    with strategy.scope():
+        model = build_network(STAGE_BY_ID["dropout"].network, seed=4)
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    inner = keras.Model(model.inputs, [[layer.input, layer.output] for layer in dropouts])
+    x = tf.ones((3, 28, 28, 1))
+
+    @tf.function
+    def step():  # every replica gets the same input: only the masks can make their outputs differ
+        mask = lambda i, o: tf.where(i == 0, tf.constant(-1, tf.int8), tf.cast(o != 0, tf.int8))
+        return strategy.run(lambda: [mask(i, o) for i, o in inner(x, training=True)])
+
+    return [[np.stack([t.numpy() for t in strategy.experimental_local_results(out)]) for out in step()]
+            for _ in range(2)]  # [step][layer] -> [replica, batch, units]
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+runs = {"m": masks(mirrored), "again": masks(mirrored), "alone": masks(tf.distribute.get_strategy())}
+np.savez(sys.argv[1], **{f"{run}{s}_{l}": m for run, steps in runs.items() for s, step in enumerate(steps)
+                         for l, m in enumerate(step)})
+"""
+
+
+def test_every_replica_draws_its_own_dropout_masks(tmp_path):
+    """Two replicas (two logical CPUs, MirroredStrategy) must not drop the same units; the masks follow the seed.
+
+    Replica 0 draws what one device alone draws (so single-device training is
+    unchanged), replica 1 its own masks, every step new ones, and a model
+    built again with the same seed draws the very same masks.
+    """
+    # Logical devices must be configured before TensorFlow initialises: a process of its own.
+    subprocess.run([sys.executable, "-c", REPLICA_MASKS, str(tmp_path / "masks.npz")], cwd=ROOT, check=True,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    drawn = np.load(tmp_path / "masks.npz")
+    for layer in range(3):
+        for step in range(2):
+            masks = drawn[f"m{step}_{layer}"]
+            assert masks.shape[0] == 2 and 0.4 < (masks[masks >= 0] == 1).mean() < 0.6  # rate 0.5
+            assert not np.array_equal(masks[0], masks[1]), f"both replicas dropped the same units (layer {layer})"
+            np.testing.assert_array_equal(masks, drawn[f"again{step}_{layer}"])  # deterministic from the seed
+            np.testing.assert_array_equal(masks[0], drawn[f"alone{step}_{layer}"][0])  # replica 0 = one device
+        assert not np.array_equal(drawn[f"m0_{layer}"], drawn[f"m1_{layer}"])  # new masks every step
 
 
 def test_l2_term_is_weights_only_with_the_given_coefficient():
