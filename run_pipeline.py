@@ -7,7 +7,6 @@ skips what is done and unchanged, and resumes a stage that was interrupted.
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -63,13 +62,14 @@ def main(argv=None) -> int:
         requested, settings = check_arguments(args)
         from pipeline.runner import Runner
         from pipeline.strategy import cluster_size
-        run_dir, strategy = args.run_dir, None
+        strategy = None
         if cluster_size() > 1:  # MultiWorkerMirroredStrategy must exist before any other TensorFlow work
             from pipeline import strategy as strategies
+            # Every worker gets the same --run-dir on shared storage: the chief writes the run; each other worker
+            # locks workers/<task>/, checkpoints beside the chief, restores the chief's checkpoint and follows its
+            # decisions (pipeline.runner, pipeline.train).
             strategy = strategies.choose("multi_worker")
-            if not strategies.is_chief(strategy):
-                run_dir = Path(tempfile.mkdtemp(prefix="mnist-worker-"))  # only the chief writes the run dir
-        runner = Runner(run_dir, args.preset, settings, args.data, force=args.force,
+        runner = Runner(args.run_dir, args.preset, settings, args.data, force=args.force,
                         log=lambda text: print(text, flush=True), strategy=strategy)
         runner.run(requested)
     except PipelineError as error:

@@ -57,16 +57,24 @@ def fingerprint(value) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """An OS-level lock on the run directory: released by the kernel when the process dies, however it dies."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as handle:
+def run_lock(run_dir: Path, task: str | None = None):
+    """An OS-level lock, released by the kernel when the process dies, however it dies.
+
+    One per task: the run's own lock (run_dir/.lock) for a single-process run
+    or the chief of a multi-worker run, and for each other worker of a
+    multi-worker run a lock of its own, run_dir/workers/<task>/.lock, so that
+    the workers share the run directory but no task runs twice.
+    """
+    lock_dir = run_dir if task is None else run_dir / "workers" / task
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".lock", "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise PipelineError(f"{run_dir} is in use by another run ({holder}); wait for it to finish "
+            what = run_dir if task is None else f"{task} of {run_dir}"
+            raise PipelineError(f"{what} is in use by another run ({holder}); wait for it to finish "
                                 f"or choose another --run-dir.") from None
         handle.seek(0)
         handle.truncate()

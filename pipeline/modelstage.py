@@ -20,7 +20,7 @@ from models.networks import load_model
 from pipeline.artifacts import staged_directory, write_json
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
-from pipeline.strategy import is_default
+from pipeline.strategy import is_chief, is_default
 from pipeline.train import Trained, predict, train, write_history_csv
 
 CALIBRATION_IMAGES = 1000
@@ -50,6 +50,8 @@ def run(runner, stage, output: Path, checkpoint_dir: Path) -> dict:
         entry = run_ensemble(runner, stage, output, checkpoint_dir, splits)
     else:
         entry = run_single(runner, stage, output, checkpoint_dir, splits)
+    if not is_chief(runner.strategy):  # another worker: it trained in step with the chief, which writes the rest
+        return entry
     for stale in checkpoint_dir.parent.glob(f"{stage.id}-*"):  # this run's and any from older settings
         shutil.rmtree(stale, ignore_errors=True)
     return entry
@@ -64,6 +66,8 @@ def describe(stage, trained: Trained, settings) -> dict:
 
 def run_single(runner, stage, output, checkpoint_dir, splits) -> dict:
     trained = train_member(runner, stage, splits, checkpoint_dir)
+    if not is_chief(runner.strategy):
+        return {}
     probabilities = predict(trained.model, splits.test_images)
     entry = describe(stage, trained, runner.train_settings(stage))
     entry["test_accuracy"] = accuracy(probabilities, splits.test_labels)
@@ -156,6 +160,8 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
         return lambda: train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", seed_offset=k, log=log)
 
     members = ([reused] if reused else []) + run_concurrently([job(k) for k in to_train], workers)
+    if not is_chief(runner.strategy):
+        return {}
     test = np.stack([predict(m.model, splits.test_images) for m in members])
     validation = np.stack([predict(m.model, splits.validation_images) for m in members])
     classes, _, _ = vote(test)

@@ -107,7 +107,10 @@ class Runner:
         self.summary = self._read_json(self.summary_path)
         self.manifest = self._read_json(self.manifest_path)
         self.splits = None
+        self.task = None  # in a multi-worker run, another worker's name ("worker-1"): it writes none of the run's files
         if strategy is not None:
+            from pipeline.strategy import task_name
+            self.task = task_name(strategy)
             self._record_strategy()
 
     @staticmethod
@@ -151,13 +154,20 @@ class Runner:
 
     # -- running ----------------------------------------------------------------------------------
     def run(self, requested: list[str]) -> dict:
-        with run_lock(self.run_dir):
-            clean_unfinished(self.run_dir)
+        with run_lock(self.run_dir, self.task):
+            if self.task is None:
+                clean_unfinished(self.run_dir)
             for node in plan(requested):
+                if self.task is not None and node in STEPS:
+                    continue  # the chief prepares the data and writes the report; the other workers read its data
                 started = time.perf_counter()
                 getattr(self, f"_{node}", None)() if node in STEPS else self._stage(STAGE_BY_ID[node])
                 self.log(f"[{node}] finished in {time.perf_counter() - started:.1f}s")
-            self._save()
+            if self.task is None:
+                self._save()
+            if self._strategy is not None:  # multi-worker: no worker leaves before the chief has written everything
+                from pipeline.strategy import sum_over_workers
+                sum_over_workers(self._strategy, [0])
         return self.summary
 
     def _download(self):
@@ -272,11 +282,47 @@ class Runner:
         return fingerprint({"stage": repr(stage), "settings": members, "data": data, "expanded": expanded,
                             "train_limit": self.settings["train_limit"]})
 
+    def _agree_on_stage(self, stage: Stage, node_fingerprint: str | None, done: bool = False) -> tuple[bool, str]:
+        """Multi-worker: every worker takes the chief's decision to skip or train a stage (collectives all join).
+
+        Another worker passes no fingerprint: the decision reaches it once the
+        chief has made it, that is once the chief's data, manifest and summary
+        are written; it then reads them, and all check they mean the same stage.
+        """
+        if self._strategy is None:
+            return done, node_fingerprint
+        from pipeline.strategy import chief_decides, sum_over_workers
+        key = lambda text: int(text[:15], 16)
+        done, chief_key = chief_decides(self._strategy, [int(done), key(node_fingerprint) if node_fingerprint else 0])
+        if not done:
+            if node_fingerprint is None:
+                self.summary, self.manifest = self._read_json(self.summary_path), self._read_json(self.manifest_path)
+                node_fingerprint = self._stage_fingerprint(stage)
+            if sum_over_workers(self._strategy, [key(node_fingerprint) != chief_key])[0]:
+                raise PipelineError(f"the workers differ in the settings or data of stage {stage.id}: start every "
+                                    f"worker with the same command and the same --run-dir on shared storage.")
+        return bool(done), node_fingerprint
+
+    def _follow_stage(self, stage: Stage):
+        """Another worker of a multi-worker run: it trains in step with the chief, from the chief's checkpoint."""
+        done, node_fingerprint = self._agree_on_stage(stage, None)
+        if done:
+            self.log(f"[{stage.id}] done (the chief's run directory says so); skipped")
+            return
+        from pipeline import modelstage
+        modelstage.run(self, stage, None, self._checkpoint_dir(stage, node_fingerprint))
+
+    def _checkpoint_dir(self, stage: Stage, node_fingerprint: str) -> Path:
+        return self.run_dir / "checkpoints" / f"{stage.id}-{node_fingerprint[:12]}"
+
     def _stage(self, stage: Stage):
+        if self.task is not None:
+            return self._follow_stage(stage)
         node_fingerprint = self._stage_fingerprint(stage)
         output = self.run_dir / "stages" / stage.id
         entry = self.summary.get("stages", {}).get(stage.id, {})
-        if self._is_done(stage.id, node_fingerprint, output):
+        done, _ = self._agree_on_stage(stage, node_fingerprint, self._is_done(stage.id, node_fingerprint, output))
+        if done:
             entry.pop("out_of_date", None)  # back on the data it was trained on
             entry["status"] = "done"
             self.log(f"[{stage.id}] done already (test accuracy {entry['test_accuracy']:.4f}); skipped")
@@ -292,7 +338,7 @@ class Runner:
                      f"{config.for_stage(self.settings, 'min_steps', stage.id)}")
         from pipeline import modelstage
         started = time.perf_counter()
-        entry = modelstage.run(self, stage, output, self.run_dir / "checkpoints" / f"{stage.id}-{node_fingerprint[:12]}")
+        entry = modelstage.run(self, stage, output, self._checkpoint_dir(stage, node_fingerprint))
         entry.update(wall_seconds=round(time.perf_counter() - started, 1), status="done")
         entry["warning"] = learning_warning(entry["test_accuracy"], stage.reference, self._data_info().get("sample"))
         if entry["warning"]:

@@ -1,4 +1,11 @@
-"""Which tf.distribute strategy a run uses: chosen from the hardware, overridable by name."""
+"""Which tf.distribute strategy a run uses: chosen from the hardware, overridable by name.
+
+Also what the workers of a MultiWorkerMirroredStrategy need to stay in step:
+which of them is the chief, each other worker's stable name, and a sum over
+workers (a collective every worker must join) from which the chief's view
+is broadcast.
+"""
+import functools
 import json
 import os
 
@@ -38,6 +45,44 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
                                              and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def task_name(strategy: tf.distribute.Strategy) -> str | None:
+    """A stable name for a worker other than the chief ("worker-1"); None for the chief and single-process runs."""
+    if is_chief(strategy):
+        return None
+    resolver = strategy.cluster_resolver
+    return f"{resolver.task_type}-{resolver.task_id}"
+
+
+def is_multi_worker(strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and cluster_size() > 1
+
+
+@functools.lru_cache(maxsize=None)
+def _summing(strategy):
+    @tf.function
+    def total(values):
+        return strategy.reduce("SUM", strategy.run(lambda: tf.identity(values)), axis=None)
+    return total
+
+
+def sum_over_workers(strategy, values: list[int]) -> list[int]:
+    """Every worker's `values` added up, on every worker: a collective each worker must call in the same order.
+
+    Without a cluster it is `values`. Each replica contributes its worker's
+    values, so the sum over replicas is divided by the replicas per worker.
+    """
+    if not is_multi_worker(strategy):
+        return [int(v) for v in values]
+    total = _summing(strategy)(tf.constant(values, tf.int64)).numpy()
+    per_worker = strategy.num_replicas_in_sync // cluster_size()
+    return [int(v) // per_worker for v in total]
+
+
+def chief_decides(strategy, values: list[int]) -> list[int]:
+    """The chief's `values`, on every worker (what the other workers pass is ignored); a collective, as above."""
+    return sum_over_workers(strategy, values if is_chief(strategy) else [0] * len(values))
 
 
 def is_default(strategy: tf.distribute.Strategy) -> bool:

@@ -7,12 +7,22 @@ MultiWorkerMirroredStrategy, keras-team/keras#20585). The step runs
 `steps_per_execution` does, so batch-10 training is not bound by Python.
 
 After every epoch: validation accuracy, then a checkpoint of model,
-optimizer, epoch and the best weights so far. A run killed at any point
-restarts from its last finished epoch.
+optimizer, epoch, the best weights so far and the dropout layers' seed
+states (the input pipeline is stateless: each epoch's order and shifts
+follow from the seed and the epoch). A run killed at any point restarts
+from its last finished epoch and ends with the weights it would have had
+without the kill.
+
+Under MultiWorkerMirroredStrategy, as TensorFlow's multi-worker fault
+tolerance intends: every worker saves (saving may need collectives), the
+chief into `checkpoint_dir`, any other worker into its own stable
+`checkpoint_dir/<task>/` (e.g. `worker-1/`); every worker restores from the
+chief's checkpoint, so they resume after the same epoch, and a worker that
+cannot see the chief's checkpoint (a run directory that is not shared) stops
+all of them with a plain error instead of a collective mismatch.
 """
 import csv
 import json
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +36,7 @@ from models import Network
 from models.networks import build_network
 from pipeline import inputs
 from pipeline.errors import PipelineError
-from pipeline.strategy import is_chief
+from pipeline.strategy import chief_decides, is_chief, is_multi_worker, sum_over_workers, task_name
 
 
 @dataclass(frozen=True)
@@ -129,9 +139,9 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
         raise PipelineError(f"{len(train_x)} training images make no full batch of {global_batch}; "
                             f"lower batch_size or raise train_limit.")
     chief = is_chief(strategy)
-    if not chief:  # other workers checkpoint too (collective ops), but to a scratch directory
-        checkpoint_dir = Path(tempfile.mkdtemp(prefix="worker-checkpoint-"))
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    # The chief writes the run's checkpoint; any other worker writes its own beside it and reads the chief's.
+    write_dir = checkpoint_dir if chief else checkpoint_dir / task_name(strategy)
+    write_dir.mkdir(parents=True, exist_ok=True)
 
     l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
     with strategy.scope():
@@ -142,17 +152,27 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     epoch_done = tf.Variable(0, dtype=tf.int64)
     best_epoch = tf.Variable(0, dtype=tf.int64)
     best_val = tf.Variable(-1.0, dtype=tf.float64)
+    # What the model holds beside its weights: the dropout layers' seed-generator states, which
+    # tf.train.Checkpoint(model=...) does not reach; without them a resumed run draws other masks.
+    random_state = [v for v in model.variables if not any(v is w for w in model.weights)]
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_done, best_epoch=best_epoch,
-                                     best_val=best_val, best_weights=best_weights)
-    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=1)
-    history_path = checkpoint_dir / "history.json"
+                                     best_val=best_val, best_weights=best_weights, random_state=random_state)
+    manager = tf.train.CheckpointManager(checkpoint, str(write_dir), max_to_keep=1)
+    history_path = write_dir / "history.json"
     history = []
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        history = json.loads(history_path.read_text())[:int(epoch_done.numpy())]
-        log(f"  resuming after epoch {int(epoch_done.numpy())} of {settings.epochs} "
-            f"(best so far {best_val.numpy():.4f} at epoch {int(best_epoch.numpy())})")
+    latest = tf.train.latest_checkpoint(str(checkpoint_dir))  # the chief's, for every worker
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        history = json.loads((checkpoint_dir / "history.json").read_text())[:int(epoch_done.numpy())]
     resumed_from = int(epoch_done.numpy())
+    agreed = chief_decides(strategy, [resumed_from])[0]
+    if sum_over_workers(strategy, [resumed_from != agreed])[0]:
+        raise PipelineError(f"the workers found different checkpoints in {checkpoint_dir} (the chief's resumes "
+                            f"after epoch {agreed}, this worker's after {resumed_from}): give every worker the "
+                            f"same --run-dir on storage they all see.")
+    if resumed_from:
+        log(f"  resuming after epoch {resumed_from} of {settings.epochs} "
+            f"(best so far {best_val.numpy():.4f} at epoch {int(best_epoch.numpy())})")
 
     train_steps = make_train_steps(model, optimizer, strategy, global_batch)
 
@@ -206,6 +226,11 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
         log(f"  epoch {epoch:3d}/{settings.epochs}  loss {history[-1]['loss']:.4f}  val {val_accuracy:.4f}  "
             f"best {best_val.numpy():.4f} (epoch {int(best_epoch.numpy())})  {seconds:.1f}s  "
             f"~{left / 60:.1f} min left")
+    sum_over_workers(strategy, [0])  # all workers' last checkpoints are written before the chief may remove them
+    if is_multi_worker(strategy):
+        # A model of this worker alone: Keras's predict on a multi-worker model gathers across workers, and what
+        # the chief does with its model next (evaluate, export) the other workers do not do.
+        model = build_network(network, l2=l2, seed=settings.seed)
     for current, saved in zip(model.weights, best_weights):
         current.assign(saved.value())
     ran = settings.epochs - resumed_from

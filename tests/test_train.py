@@ -130,6 +130,47 @@ def test_a_killed_stage_resumes_from_its_last_finished_epoch(tmp_path):
     assert not list((run_dir / "checkpoints").glob("conv2_relu-*"))
 
 
+class Stopped(Exception):
+    pass
+
+
+def test_a_stage_stopped_after_an_epoch_resumes_to_the_weights_of_an_uninterrupted_run(sample, tmp_path):
+    """Exact resume: weights, optimizer, best weights and the dropout seed state all come back from the checkpoint.
+
+    The dropout network, reshuffled and shifted, under the default strategy:
+    stopped right after epoch 1 was checkpointed (as a kill would leave it),
+    then resumed by a new model, it must end exactly where a run straight
+    through ends: every variable of the last checkpoint, and the best weights.
+    """
+    settings = TrainSettings(epochs=3, batch_size=20, optimizer="adam", learning_rate=0.002, shuffle=True,
+                             max_shift=1, steps_per_call=7, seed=2)
+    run = lambda directory, log: train(STAGE_BY_ID["dropout"].network, sample, "train", settings,
+                                       strategies.choose("default"), directory, log=log, train_limit=300)
+
+    def stop_after_epoch_1(text):
+        if text.lstrip().startswith("epoch   1/3"):  # logged once epoch 1 is checkpointed
+            raise Stopped
+
+    whole = run(tmp_path / "whole", quiet)
+    with pytest.raises(Stopped):
+        run(tmp_path / "resumed", stop_after_epoch_1)
+    lines = []
+    resumed = run(tmp_path / "resumed", lines.append)
+    assert any("resuming after epoch 1 of 3" in line for line in lines)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3] and resumed.resumed_from_epoch == 1
+    assert [h["val_accuracy"] for h in resumed.history] == [h["val_accuracy"] for h in whole.history]
+    for a, b in zip(whole.model.weights, resumed.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    import tensorflow as tf
+    readers = [tf.train.load_checkpoint(str(tmp_path / name)) for name in ("whole", "resumed")]
+    names = sorted(readers[0].get_variable_to_shape_map())
+    assert names == sorted(readers[1].get_variable_to_shape_map())
+    assert sum(name.startswith("optimizer/_trainable_variables/") for name in names) == 10  # the model's weights
+    for name in names:
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH":
+            np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name), err_msg=name)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,8 +186,8 @@ def test_two_workers_on_localhost_end_with_identical_weights(tmp_path):
                "PYTHONPATH": str(ROOT)}
         (tmp_path / str(index)).mkdir()
         workers.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "multiworker_worker.py"),
-                                         str(tmp_path / str(index) / "weights.npz")], cwd=ROOT, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                                         str(tmp_path / str(index) / "weights.npz"), str(tmp_path / "checkpoints")],
+                                        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     a, b = (np.load(tmp_path / str(i) / "weights.npz") for i in range(2))
@@ -156,5 +197,8 @@ def test_two_workers_on_localhost_end_with_identical_weights(tmp_path):
     for key in weights:
         np.testing.assert_array_equal(a[key], b[key])
     assert float(a["val"]) > 0.5  # it did learn
-    assert (tmp_path / "0" / "checkpoints" / "checkpoint").exists()  # the chief checkpoints to the real place
-    assert not (tmp_path / "1" / "checkpoints" / "checkpoint").exists()  # the other worker to scratch
+    assert not np.array_equal(a["mask"], b["mask"])  # each worker's replica draws its own dropout masks
+    assert 0.3 < a["mask"].mean() < 0.7 and 0.3 < b["mask"].mean() < 0.7
+    # The chief checkpoints to the run's place, the other worker to its own stable place beside it.
+    assert (tmp_path / "checkpoints" / "checkpoint").exists()
+    assert (tmp_path / "checkpoints" / "worker-1" / "checkpoint").exists()

@@ -1,0 +1,128 @@
+"""A multi-worker run survives a restart: two workers on 127.0.0.1 share one --run-dir (standing for shared
+storage), both are killed with SIGKILL in the middle of a stage and started again with the same commands.
+
+They must agree on what is done (the first stage, skipped by both) and where to resume (both after the
+chief's last checkpointed epoch), both exit 0, and the chief's final weights equal those of an uninterrupted
+two-worker run. The killed stage is the dropout network, so the resumed random state (each replica's own
+dropout masks) counts too. Quick settings: 320 training images, 10 steps an epoch, a few seconds a stage.
+"""
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["baseline", "dropout"]
+EPOCHS = 4
+SETTINGS = ["train_limit=320", "batch_size=32", "steps_per_call=5", f"epochs={EPOCHS}", "epochs.baseline=1"]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start(run_dir: Path, ports: list[int], logs: Path, stages=STAGES) -> list[subprocess.Popen]:
+    """Both workers of one run, each with the same command line and its own TF_CONFIG."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    command = [sys.executable, str(ROOT / "run_pipeline.py"), "--preset", "quick", "--data", "sample",
+               "--run-dir", str(run_dir), "--stages", ",".join(stages)]
+    for setting in SETTINGS:
+        command += ["--set", setting]
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "PYTHONPATH": str(ROOT),
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        with open(logs.with_name(f"{logs.name}-worker-{index}.log"), "w") as log:
+            workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return workers
+
+
+def finish(workers: list[subprocess.Popen], logs: Path) -> list[str]:
+    try:
+        for worker in workers:
+            worker.wait(timeout=240)
+    finally:  # a worker left waiting on a collective must not outlive the test
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    outputs = [logs.with_name(f"{logs.name}-worker-{index}.log").read_text() for index in range(2)]
+    assert [w.returncode for w in workers] == [0, 0], "\n----\n".join(o[-4000:] for o in outputs)
+    return outputs
+
+
+def checkpointed_epoch(run_dir: Path, stage: str) -> int:
+    """The epoch of the chief's latest checkpoint of a stage (the CheckpointManager's state names ckpt-<n>)."""
+    states = list((run_dir / "checkpoints").glob(f"{stage}-*/checkpoint"))
+    if not states:
+        return 0
+    match = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', states[0].read_text())
+    return int(match.group(1)) if match else 0
+
+
+def final_weights(run_dir: Path, stage: str) -> dict:
+    """The arrays of a stage's model.keras by their path in its weights file (read without starting TensorFlow)."""
+    with zipfile.ZipFile(run_dir / "stages" / stage / "model.keras") as archive:
+        with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+            arrays = {}
+            weights.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset)
+                               else None)
+    return arrays
+
+
+def test_two_workers_killed_mid_stage_resume_together_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    whole_dir, killed_dir = tmp_path / "whole", tmp_path / "killed"
+    # The uninterrupted reference needs only the stage that is killed (its fingerprint ignores the others).
+    finish(start(whole_dir, free_ports(2), tmp_path / "whole", stages=["dropout"]), tmp_path / "whole")
+
+    ports = free_ports(2)  # the restart uses the very same commands, ports included
+    workers = start(killed_dir, ports, tmp_path / "first")
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and all(w.poll() is None for w in workers) and \
+                checkpointed_epoch(killed_dir, "dropout") < 2:
+            time.sleep(0.02)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGKILL)
+        for worker in workers:
+            worker.wait()
+    assert all(w.returncode == -signal.SIGKILL for w in workers), "a worker ended before it could be killed"
+    killed_after = checkpointed_epoch(killed_dir, "dropout")
+    assert 2 <= killed_after < EPOCHS
+    assert (killed_dir / "stages" / "baseline").exists() and not (killed_dir / "stages" / "dropout").exists()
+
+    outputs = finish(start(killed_dir, ports, tmp_path / "second"), tmp_path / "second")
+    for output in outputs:  # both skip the finished stage and resume after the chief's last checkpointed epoch
+        assert re.search(r"\[baseline\] done .*skipped", output), output[-3000:]
+        assert re.findall(r"resuming after epoch (\d+)", output) == [str(killed_after)], output[-3000:]
+        assert f"epoch {killed_after + 1:3d}/{EPOCHS}" in output and f"epoch {killed_after:3d}/{EPOCHS}" not in output
+
+    whole, resumed = final_weights(whole_dir, "dropout"), final_weights(killed_dir, "dropout")
+    assert len(whole) == 10 and sorted(whole) == sorted(resumed)  # five layers, kernel and bias each
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], resumed[name], err_msg=name)
+    summary = json.loads((killed_dir / "summary.json").read_text())["stages"]["dropout"]
+    assert summary["resumed_from_epoch"] == killed_after
+    history, reference = ([line.split(",")[:3] for line in (d / "stages" / "dropout" / "history.csv").read_text()
+                           .splitlines()] for d in (killed_dir, whole_dir))
+    assert len(history) == 1 + EPOCHS and history == reference  # epoch, loss and validation accuracy, every epoch
+    # Only the chief wrote the run; the other worker kept only its lock, under workers/worker-1/.
+    assert (killed_dir / "workers" / "worker-1" / ".lock").exists()
+    assert not list((killed_dir / "checkpoints").iterdir())
