@@ -20,6 +20,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
+
+from pipeline.artifacts import run_lock
+from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["baseline", "dropout"]
@@ -126,3 +130,15 @@ def test_two_workers_killed_mid_stage_resume_together_to_the_weights_of_an_unint
     # Only the chief wrote the run; the other worker kept only its lock, under workers/worker-1/.
     assert (killed_dir / "workers" / "worker-1" / ".lock").exists()
     assert not list((killed_dir / "checkpoints").iterdir())
+
+
+def test_the_run_lock_is_per_task(tmp_path):
+    """The chief and another worker share the run directory; no task runs twice."""
+    with run_lock(tmp_path), run_lock(tmp_path, "worker-1"), run_lock(tmp_path, "worker-2"):
+        assert (tmp_path / "workers" / "worker-1" / ".lock").read_text() == f"pid {os.getpid()}"
+        with pytest.raises(PipelineError, match=r"worker-1 of .* is in use by another run \(pid \d+\)"):
+            with run_lock(tmp_path, "worker-1"):
+                pass
+        with pytest.raises(PipelineError, match="is in use by another run"):
+            with run_lock(tmp_path):
+                pass
