@@ -295,12 +295,13 @@ class Runner:
         key = lambda text: int(text[:15], 16)
         done, chief_key = chief_decides(self._strategy, [int(done), key(node_fingerprint) if node_fingerprint else 0])
         if not done:
-            if node_fingerprint is None:
+            if node_fingerprint is None and (self.run_dir / "data" / "data.json").exists():  # else: not shared
                 self.summary, self.manifest = self._read_json(self.summary_path), self._read_json(self.manifest_path)
                 node_fingerprint = self._stage_fingerprint(stage)
-            if sum_over_workers(self._strategy, [key(node_fingerprint) != chief_key])[0]:
-                raise PipelineError(f"the workers differ in the settings or data of stage {stage.id}: start every "
-                                    f"worker with the same command and the same --run-dir on shared storage.")
+            if sum_over_workers(self._strategy, [not node_fingerprint or key(node_fingerprint) != chief_key])[0]:
+                raise PipelineError(f"the workers differ in the settings or data of stage {stage.id}, or do not all "
+                                    f"see the run directory: start every worker with the same command and the same "
+                                    f"--run-dir on storage they all see.")
         return bool(done), node_fingerprint
 
     def _follow_stage(self, stage: Stage):

@@ -41,15 +41,15 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def start(run_dir: Path, ports: list[int], logs: Path, stages=STAGES) -> list[subprocess.Popen]:
-    """Both workers of one run, each with the same command line and its own TF_CONFIG."""
+def start(run_dir: Path | list, ports: list[int], logs: Path, stages=STAGES) -> list[subprocess.Popen]:
+    """Both workers of one run, each with the same command line (unless given two run directories) and its TF_CONFIG."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    command = [sys.executable, str(ROOT / "run_pipeline.py"), "--preset", "quick", "--data", "sample",
-               "--run-dir", str(run_dir), "--stages", ",".join(stages)]
-    for setting in SETTINGS:
-        command += ["--set", setting]
     workers = []
-    for index in range(2):
+    for index, directory in enumerate(run_dir if isinstance(run_dir, list) else [run_dir] * 2):
+        command = [sys.executable, str(ROOT / "run_pipeline.py"), "--preset", "quick", "--data", "sample",
+                   "--run-dir", str(directory), "--stages", ",".join(stages)]
+        for setting in SETTINGS:
+            command += ["--set", setting]
         env = {**os.environ, "PYTHONPATH": str(ROOT),
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         with open(logs.with_name(f"{logs.name}-worker-{index}.log"), "w") as log:
@@ -57,7 +57,7 @@ def start(run_dir: Path, ports: list[int], logs: Path, stages=STAGES) -> list[su
     return workers
 
 
-def finish(workers: list[subprocess.Popen], logs: Path) -> list[str]:
+def finish(workers: list[subprocess.Popen], logs: Path, code: int = 0) -> list[str]:
     try:
         for worker in workers:
             worker.wait(timeout=240)
@@ -67,7 +67,7 @@ def finish(workers: list[subprocess.Popen], logs: Path) -> list[str]:
                 worker.kill()
                 worker.wait()
     outputs = [logs.with_name(f"{logs.name}-worker-{index}.log").read_text() for index in range(2)]
-    assert [w.returncode for w in workers] == [0, 0], "\n----\n".join(o[-4000:] for o in outputs)
+    assert [w.returncode for w in workers] == [code, code], "\n----\n".join(o[-4000:] for o in outputs)
     return outputs
 
 
@@ -130,6 +130,16 @@ def test_two_workers_killed_mid_stage_resume_together_to_the_weights_of_an_unint
     # Only the chief wrote the run; the other worker kept only its lock, under workers/worker-1/.
     assert (killed_dir / "workers" / "worker-1" / ".lock").exists()
     assert not list((killed_dir / "checkpoints").iterdir())
+
+
+def test_workers_that_do_not_share_the_run_directory_stop_with_a_plain_error(tmp_path):
+    """The other worker cannot see the chief's data or checkpoints: both stop at the first stage, and say why."""
+    logs = tmp_path / "apart"
+    outputs = finish(start([tmp_path / "a", tmp_path / "b"], free_ports(2), logs, stages=["baseline"]), logs, code=2)
+    for output in outputs:
+        assert "error: the workers differ in the settings or data of stage baseline, or do not all see the run " \
+               "directory" in output and "Traceback" not in output
+    assert not (tmp_path / "b" / "stages").exists() and not (tmp_path / "a" / "stages").exists()
 
 
 def test_the_run_lock_is_per_task(tmp_path):
