@@ -168,8 +168,8 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     agreed = chief_decides(strategy, [resumed_from])[0]
     if sum_over_workers(strategy, [resumed_from != agreed])[0]:
         raise PipelineError(f"the workers found different checkpoints in {checkpoint_dir} (the chief's resumes "
-                            f"after epoch {agreed}, this worker's after {resumed_from}): give every worker the "
-                            f"same --run-dir on storage they all see.")
+                            f"after epoch {agreed}, not every worker's): give every worker the same --run-dir "
+                            f"on storage they all see.")
     if resumed_from:
         log(f"  resuming after epoch {resumed_from} of {settings.epochs} "
             f"(best so far {best_val.numpy():.4f} at epoch {int(best_epoch.numpy())})")
