@@ -21,15 +21,20 @@ from inference.serve.catalogue import catalogue
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", required=True, type=Path, help="a run directory or an ensemble bundle")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--http-port", type=int, default=8080)
-    parser.add_argument("--grpc-port", type=int, default=8081)
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per model (default: all CPUs)")
+    parser.add_argument("--models", required=True, type=Path, metavar="RUN_DIR|BUNDLE",
+                        help="a run directory (its bundle and each stage's network) or an ensemble bundle")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface "
+                                                            "(default: 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, default=8080, metavar="PORT", help="REST (default: 8080)")
+    parser.add_argument("--grpc-port", type=int, default=8081, metavar="PORT", help="gRPC (default: 8081)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="ONNX Runtime threads per model (default: every CPU)")
     parser.add_argument("--mode", choices=MODES, default="vote",
                         help="vote: majority, a tie to the highest mean probability (default); mean: highest mean")
-    parser.add_argument("--max-batch", type=int, default=1024, help="the most images or pictures in one request")
-    parser.add_argument("--max-body-mb", type=float, default=32, help="the largest request body (REST) or message (gRPC)")
+    parser.add_argument("--max-batch", type=int, default=1024, metavar="N",
+                        help="the most images or pictures in one request (default: 1024)")
+    parser.add_argument("--max-body-mb", type=float, default=32, metavar="M",
+                        help="the largest REST body or gRPC message, in MB of 2**20 bytes (default: 32)")
     args = parser.parse_args(argv)
     try:
         models = catalogue(args.models, threads=args.threads)

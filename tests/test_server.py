@@ -256,14 +256,21 @@ def test_body_over_the_limit(server):
 
 def test_rest_bodies_that_are_not_inference_requests(server):
     url = f"http://127.0.0.1:{server['ports']['http']}/v2/models/ensemble/infer"
+    one = {"name": "images", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": [0.0] * 784}
     cases = {b"{not json": "The request body is not valid JSON.",
              b'{"outputs": []}': "The request is not a valid inference request: inputs: Field required.",
              json.dumps({"inputs": [{"name": "pictures", "datatype": "BYTES", "shape": [1], "data": ["%%"]}]}).encode():
-             "pictures[0]: The picture is not base64 text; over REST each picture is a base64 string."}
+             "pictures[0]: The picture is not base64 text; over REST each picture is a base64 string.",
+             json.dumps({"inputs": [one], "outputs": [{"name": "logits"}]}).encode():
+             "Unknown output 'logits': the outputs are class, confidence, probabilities, votes, warning."}
     for body, message in cases.items():
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"}))
         assert refused.value.code == 400 and json.load(refused.value) == {"error": message}
+    body = gzip.compress(json.dumps({"inputs": [one], "outputs": [{"name": "class"}]}).encode())
+    with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json",
+                                                                   "Content-Encoding": "gzip"})) as answer:
+        assert [output["name"] for output in json.load(answer)["outputs"]] == ["class"]
 
 
 def test_load_8_clients_x_200_requests(server, bundle, mnist_digits):

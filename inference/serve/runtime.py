@@ -15,6 +15,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, 
 
 from inference.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, VOTES_OUTPUT
 from inference.ensemble import Prediction
+from inference.serve.batching import Batcher
 from inference.serve.catalogue import Served
 from inference.serve.request import PICTURES, BadRequest, read_request
 
@@ -48,6 +49,7 @@ class DigitModel(MLModel):
     async def load(self) -> bool:
         extra = self.settings.parameters.extra
         self.served, self.mode, self.max_batch = extra["served"], extra["mode"], extra["max_batch"]
+        self.batcher = Batcher(self.served.ensemble, self.mode)
         return True
 
     async def metadata(self):
@@ -62,7 +64,7 @@ class DigitModel(MLModel):
         for name in wanted:
             if name not in known:
                 raise BadRequest(f"Unknown output {name!r}: the outputs are {', '.join(sorted(known))}.")
-        prediction = self.served.ensemble.predict(images, mode=self.mode)
+        prediction = await self.batcher.predict(images)
         return self.respond(prediction, images if from_pictures else None, wanted)
 
     def respond(self, prediction: Prediction, images: np.ndarray | None, wanted: list[str]) -> InferenceResponse:
