@@ -30,10 +30,12 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=-1) == labels).mean())
 
 
-def train_member(runner, stage, splits, checkpoint_dir: Path, seed_offset: int = 0, log=None) -> Trained:
+def train_member(runner, stage, splits, checkpoint_dir: Path, seed_offset: int = 0, log=None,
+                 queued_after: int = 0) -> Trained:
     return train(stage.network, splits, stage.data, runner.train_settings(stage, seed_offset), runner.strategy,
                  checkpoint_dir, log=log or runner.log, train_limit=runner.settings["train_limit"],
-                 tensorboard_dir=runner.run_dir / "tensorboard" / stage.id / f"seed_{seed_offset}")
+                 tensorboard_dir=runner.run_dir / "tensorboard" / stage.id / f"seed_{seed_offset}",
+                 queued_after=queued_after)
 
 
 def export(model, out_dir: Path, run_relative: str, name: str, metadata: dict, splits) -> dict:
@@ -155,11 +157,15 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
     if to_train:
         runner.log(f"  training member(s) {', '.join(map(str, to_train))} of {stage.members}, {workers} at a time")
 
-    def job(k):
-        log = lambda text: runner.log(f"  [member {k}]{text}")
-        return lambda: train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", seed_offset=k, log=log)
+    rounds = -(-len(to_train) // workers)
 
-    members = ([reused] if reused else []) + run_concurrently([job(k) for k in to_train], workers)
+    def job(position, k):
+        log = lambda text: runner.log(f"  [member {k}]{text}")
+        return lambda: train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", seed_offset=k, log=log,
+                                    queued_after=rounds - 1 - position // workers)
+
+    members = ([reused] if reused else []) + run_concurrently(
+        [job(position, k) for position, k in enumerate(to_train)], workers)
     if not is_chief(runner.strategy):
         return {}
     test = np.stack([predict(m.model, splits.test_images) for m in members])

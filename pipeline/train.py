@@ -36,6 +36,7 @@ from models import Network
 from models.networks import build_network
 from pipeline import inputs
 from pipeline.errors import PipelineError
+from pipeline.progress import minutes
 from pipeline.strategy import chief_decides, is_chief, is_multi_worker, sum_over_workers, task_name
 
 
@@ -110,9 +111,13 @@ def make_train_steps(model, optimizer, strategy, global_batch: int):
 
 
 def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Probabilities [N, 10] for uint8 images [N, 28, 28], in inference mode (no dropout)."""
-    forward = tf.function(lambda x: model(x, training=False))
-    out = [forward(tf.constant(images[i:i + batch_size, ..., None], tf.float32) / 255.0).numpy()
+    """Probabilities [N, 10] for uint8 images [N, 28, 28], in inference mode (no dropout).
+
+    Eager calls: at 1,000 images a call the kernels dominate, and a
+    tf.function made per network would be traced anew for each (TensorFlow
+    then warns of excessive retracing).
+    """
+    out = [model(tf.constant(images[i:i + batch_size, ..., None], tf.float32) / 255.0, training=False).numpy()
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
 
@@ -125,10 +130,13 @@ def write_history_csv(path: Path, history: list) -> None:
 
 
 def train(network: Network, splits, data: str, settings: TrainSettings, strategy: tf.distribute.Strategy,
-          checkpoint_dir: Path, log=print, train_limit: int = 0, tensorboard_dir: Path | None = None) -> Trained:
+          checkpoint_dir: Path, log=print, train_limit: int = 0, tensorboard_dir: Path | None = None,
+          queued_after: int = 0) -> Trained:
     """Train `network` on splits' train (or expanded) set; select the epoch by validation accuracy.
 
     The later epoch wins a tie, as in the reference (Keras's ModelCheckpoint keeps the earlier).
+    queued_after: how many networks like this one will train after it in its
+    place (ensemble members waiting for a core); the time-left estimate counts them.
     """
     train_x, train_y = splits.training_set(data)
     if train_limit:
@@ -176,25 +184,31 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
 
     train_steps = make_train_steps(model, optimizer, strategy, global_batch)
 
-    @tf.function
     def count_correct(batch):
         x, y = batch
         predicted = tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
         return tf.reduce_sum(tf.cast(predicted == y, tf.int64))
+
+    @tf.function
+    def correct_in(batch):
+        return strategy.reduce("SUM", strategy.run(count_correct, args=(batch,)), axis=None)
 
     validation = inputs.Arrays(splits.validation_images, splits.validation_labels)
     validation_batches = strategy.distribute_datasets_from_function(
         lambda ctx: validation.evaluation(ctx.get_per_replica_batch_size(settings.eval_batch_size), ctx))
 
     def validation_accuracy():
-        correct = sum(int(strategy.reduce("SUM", strategy.run(count_correct, args=(batch,)), axis=None))
-                      for batch in validation_batches)
-        return correct / validation.size
+        return sum(int(correct_in(batch)) for batch in validation_batches) / validation.size
 
     training = inputs.Arrays(train_x, train_y)
     batches = iter(strategy.distribute_datasets_from_function(lambda ctx: training.training(
         ctx.get_per_replica_batch_size(global_batch), resumed_from + 1, settings.epochs, shuffle=settings.shuffle,
         seed=settings.seed, max_shift=settings.max_shift, input_context=ctx)))
+    # Each network's functions are traced once, up front, for their input specs. A run trains a dozen
+    # networks, each with functions of its own: traced on first call instead, TensorFlow counts them
+    # all as one function retraced again and again, and warns.
+    train_steps.get_concrete_function(batches, tf.constant(settings.steps_per_call))
+    correct_in.get_concrete_function(validation_batches.element_spec)
     writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir and chief else None
     seconds_training = 0.0
     for epoch in range(resumed_from + 1, settings.epochs + 1):
@@ -222,10 +236,9 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
             with writer.as_default():
                 tf.summary.scalar("loss", history[-1]["loss"], step=epoch)
                 tf.summary.scalar("val_accuracy", val_accuracy, step=epoch)
-        left = (settings.epochs - epoch) * seconds
+        left = (settings.epochs - epoch + queued_after * settings.epochs) * seconds
         log(f"  epoch {epoch:3d}/{settings.epochs}  loss {history[-1]['loss']:.4f}  val {val_accuracy:.4f}  "
-            f"best {best_val.numpy():.4f} (epoch {int(best_epoch.numpy())})  {seconds:.1f}s  "
-            f"~{left / 60:.1f} min left")
+            f"best {best_val.numpy():.4f} (epoch {int(best_epoch.numpy())})  {seconds:.1f}s  ~{minutes(left)} left")
     sum_over_workers(strategy, [0])  # all workers' last checkpoints are written before the chief may remove them
     if is_multi_worker(strategy):
         # A model of this worker alone: Keras's predict on a multi-worker model gathers across workers, and what

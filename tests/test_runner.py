@@ -3,6 +3,7 @@ import contextlib
 import fcntl
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -223,3 +224,20 @@ def test_the_fast_preset_gives_every_network_enough_updates_to_leave_chance(tmp_
     runner = Runner(tmp_path, "fast", config.resolve("fast", []), "auto")
     assert runner.train_settings(STAGE_BY_ID["conv2"]).epochs == epochs
     assert runner.train_settings(STAGE_BY_ID["dropout"]).epochs == dropout_epochs  # on 5x the images
+
+
+def test_the_command_log_is_quiet_and_follows_the_whole_run(tmp_path):
+    """The real command: none of TensorFlow's start-up noise or retracing warnings; a line per stage of the run."""
+    from pipeline.native_log import NOISE
+    result = subprocess.run([sys.executable, "run_pipeline.py", *SMALL, "--run-dir", str(tmp_path),
+                             "--set", "min_steps.dropout=40", "--set", "min_steps.ensemble=40",
+                             "--stages", "dropout,ensemble"], capture_output=True, text=True, cwd=REPO)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    for noise in [marker.decode() for marker in NOISE] + ["retracing", "Traceback", "best epoch None"]:
+        assert noise not in log
+    assert log.count("Trained on the 5,000-digit sample") == 1
+    assert "[run] stage 1 of 2 (dropout); " in log and "time left known after the first stage" in log
+    assert re.search(r"\[run\] stage 2 of 2 \(ensemble\); \d+ s so far, ~\d+(\.\d)? (s|min) left", log), log
+    assert re.search(r"\[ensemble\] test accuracy 0\.\d{4} \(reference 0\.9967, members' best epochs( \d+,){4} \d+\)",
+                     log), log

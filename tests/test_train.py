@@ -202,3 +202,17 @@ def test_two_workers_on_localhost_end_with_identical_weights(tmp_path):
     # The chief checkpoints to the run's place, the other worker to its own stable place beside it.
     assert (tmp_path / "checkpoints" / "checkpoint").exists()
     assert (tmp_path / "checkpoints" / "worker-1" / "checkpoint").exists()
+
+
+def test_the_time_left_counts_the_networks_queued_after_this_one(sample, tmp_path, monkeypatch):
+    """A clock that ticks one second per reading: an epoch reads it twice after its start, so it takes 2 s."""
+    import pipeline.train
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(pipeline.train.time, "perf_counter", lambda: float(next(ticks)))
+    lines = []
+    settings = TrainSettings(epochs=3, batch_size=50, optimizer="adam", learning_rate=0.002)
+    train(STAGE_BY_ID["baseline"].network, sample, "train", settings, strategies.choose("default"), tmp_path,
+          log=lines.append, train_limit=500, queued_after=2)
+    epochs = [line for line in lines if "epoch" in line and "left" in line]
+    # epoch 1 of 3 with two more 3-epoch networks queued: (2 + 2 x 3) epochs of 2 s are left.
+    assert [line.rsplit("~", 1)[1] for line in epochs] == ["16 s left", "14 s left", "12 s left"]
