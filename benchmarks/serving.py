@@ -16,6 +16,7 @@ recorded, compare medians.
 """
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import socket
@@ -32,6 +33,7 @@ from inference.contract import as_images
 from inference.ensemble import Ensemble, bundle_dir
 
 BATCH, PASS_IMAGES, CONCURRENCY = 256, 2560, (1, 8)
+CLIENTS = {"grpc": "tritonclient.grpc", "rest": "tritonclient.http"}
 TARGETS = {"grpc_throughput_ratio_min": 0.85, "grpc_p50_ms_at_concurrency_1_max": 5.0}
 
 
@@ -54,13 +56,17 @@ def main(argv=None) -> dict:
         contenders = {"in_process": lambda x: ensemble.predict(x),
                       "grpc": remote("grpc", ports["grpc"]), "rest": remote("rest", ports["http"])}
         rates, seconds = measure(contenders, images, args.repeats, args.calls)
+        floor = {protocol: round(float(np.median([timed(ping) for _ in range(args.calls)])) * 1e3, 3)
+                 for protocol, ping in (("grpc", readiness("grpc", ports["grpc"])),
+                                        ("rest", readiness("rest", ports["http"])))}
     steps = json.loads(subprocess.run([sys.executable, "-m", "benchmarks.serving", "--phases", "--models",
                                        str(args.models), "--threads", str(args.threads), "--calls", str(args.calls)],
                                       capture_output=True, text=True, check=True).stdout)
     result = {"source": str(args.models), "threads": args.threads, "cpus": os.cpu_count(),
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "note": "machine idle when the 1-minute load average stays well under the CPU count",
-              "rows": rows(rates, seconds), "server_phases_ms": steps, "targets": TARGETS}
+              "rows": rows(rates, seconds), "server_phases_ms": steps, "round_trip_without_inference_ms": floor,
+              "targets": TARGETS}
     result["targets_met"] = targets_met(result["rows"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -110,12 +116,8 @@ def free_port() -> int:
 
 def remote(protocol: str, port: int):
     """predict(images) over tritonclient; one client per calling thread, made on first use."""
-    if protocol == "grpc":
-        import tritonclient.grpc as module
-        options = {}
-    else:
-        import tritonclient.http as module
-        options = {"binary_data": False}  # MLServer's REST side has no binary extension: JSON
+    module = importlib.import_module(CLIENTS[protocol])
+    options = {"binary_data": False} if protocol == "rest" else {}  # MLServer's REST side has no binary extension
     local = threading.local()
 
     def predict(images: np.ndarray):
@@ -125,6 +127,11 @@ def remote(protocol: str, port: int):
         tensor.set_data_from_numpy(images, **options)
         return local.client.infer("ensemble", [tensor]).as_numpy("class")
     return predict
+
+
+def readiness(protocol: str, port: int):
+    """A call that does no inference (is the server ready?): the client, the network and the framework alone."""
+    return importlib.import_module(CLIENTS[protocol]).InferenceServerClient(f"127.0.0.1:{port}").is_server_ready
 
 
 def measure(contenders: dict, images: np.ndarray, repeats: int, calls: int):
@@ -239,7 +246,9 @@ def markdown(result: dict) -> str:
                  f"({row[f'concurrency_{c}']['p50_ratio']:.2f})" for c in CONCURRENCY]
         lines.append(f"| {row['name']} | {row['throughput_batch_256']:,} ({row['throughput_ratio']:.2f}) | "
                      + " | ".join(cells) + " |")
-    lines += ["", "Server steps, median ms (no network):", "", "| request | decode | validate | onnxruntime | respond |",
+    floor = result["round_trip_without_inference_ms"]
+    lines += ["", f"A round trip with no inference (is the server ready?), p50: gRPC {floor['grpc']:.2f} ms, "
+                  f"REST {floor['rest']:.2f} ms.", "", "Server steps, median ms (no network):", "", "| request | decode | validate | onnxruntime | respond |",
               "|---|---:|---:|---:|---:|"]
     for name, steps in result["server_phases_ms"].items():
         lines.append(f"| {name} | " + " | ".join(f"{steps[s]:.3f}" for s in ("decode", "validate", "onnxruntime",

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -47,11 +48,16 @@ def free_port() -> int:
 
 
 def start(command: list[str]) -> tuple[subprocess.Popen, dict, float]:
-    """Start a server command on free ports; return it, its ports and how long it took to be ready."""
+    """Start a server command on free ports; return it, its ports and how long it took to be ready.
+
+    Its output goes to a file, not a pipe that nobody reads while it serves (a full pipe would block it).
+    """
     ports = {"http": free_port(), "grpc": free_port()}
+    log = tempfile.TemporaryFile("w+")
     process = subprocess.Popen([*command, "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
                                 "--max-batch", str(MAX_BATCH), "--max-body-mb", str(MAX_BODY_MB)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=log, text=True)
+    process.log = log
     began = time.monotonic()
     while time.monotonic() - began < 30 and process.poll() is None:
         try:
@@ -61,13 +67,19 @@ def start(command: list[str]) -> tuple[subprocess.Popen, dict, float]:
         except OSError:
             time.sleep(0.1)
     process.kill()
-    pytest.fail(f"the server did not become ready: {process.communicate()[1][-2000:]}")
+    pytest.fail(f"the server did not become ready: {output(process)[-2000:]}")
+
+
+def output(process: subprocess.Popen) -> str:
+    process.wait(10)
+    process.log.seek(0)
+    return process.log.read()
 
 
 def stop(process: subprocess.Popen) -> str:
     """SIGTERM; the server must exit with status 0 within 10 s. Returns its stderr."""
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=10)
+    stderr = output(process)
     assert process.returncode == 0, stderr[-2000:]
     return stderr
 
