@@ -19,12 +19,13 @@ MAX_PIXELS = 50_000_000        # a 50-megapixel photo; a larger image (or a deco
 MAX_ARRAY_BYTES = 512 << 20    # the largest .npy / IDX payload read
 WORKING_SIDE = 1024            # pictures are worked on with their long side shrunk to this (JPEGs decode smaller)
 POLARITY_SIDE = 256            # whether the ink is darker or lighter than the paper is decided on a copy this small
-BACKGROUND_SIDE = 64           # the paper's light is estimated on a copy this small: light varies slowly
+BACKGROUND_SIDE = 128           # the paper's light is estimated on a copy this small: light varies slowly
 MIN_CONTRAST = 0.125           # ink this much darker (or lighter) than its paper, or less, is not a mark
 INK_THRESHOLD = 0.25           # the digit's pixels fainter than this fraction of its strokes' ink are background
 NOISE_SIGMAS = 5               # a mark stands out this many noise deviations above the paper
-LINE_ASPECT = 10               # a mark this many times longer than wide is a line (with the length above)
+LINE_ASPECT = 10               # a mark this many times longer than wide is a line (if it runs along half the picture)
 CLUTTER_SHARE = 0.05           # marks other than edges and lines need this share of the edges' ink to be looked at
+MIN_DIGIT = 0.02               # marks spanning less than this fraction of the picture are dust, not a digit
 GROUP_REACH = 0.25             # marks within this fraction of the digit's size from it belong to it
 DIGIT_BOX, FRAME, CENTRE = 20, 28, 14.0  # MNIST: fit 20x20, centre of mass at pixel 14 of 28
 NPY_MAGIC, GZIP_MAGIC = b"\x93NUMPY", b"\x1f\x8b"
@@ -227,14 +228,18 @@ def paper_light(rgb: np.ndarray, darker_ink: bool) -> np.ndarray:
 
     On a small copy (the light varies slowly), a closing (for dark ink; an
     opening for light ink) wider than any stroke removes the strokes however
-    much of the picture they cover; a median as wide smooths the result but
-    keeps the edge of the paper sharp; it is then enlarged back.
+    much of the picture they cover; it is then enlarged back. The copy is
+    first extended past its border by point reflection, which continues the
+    light's slope: a closing would otherwise fill the dark band along the
+    border of a vignetted photo as if it were a stroke.
     """
-    small = as_bytes(resized(rgb, BACKGROUND_SIDE))
+    small = resized(rgb, BACKGROUND_SIDE)
     width = odd(min(small.shape[:2]) // 4)
+    pad = ((width, width), (width, width), (0, 0))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width, width))
-    paper = cv2.morphologyEx(small, cv2.MORPH_CLOSE if darker_ink else cv2.MORPH_OPEN, kernel)
-    return enlarged(cv2.medianBlur(paper, width).astype(np.float32) / 255, rgb.shape)
+    paper = cv2.morphologyEx(np.pad(small, pad, mode="reflect", reflect_type="odd"),
+                             cv2.MORPH_CLOSE if darker_ink else cv2.MORPH_OPEN, kernel)
+    return enlarged(paper.reshape(-1, paper.shape[1], small.shape[2])[width:-width, width:-width], rgb.shape)
 
 
 def as_bytes(pixels: np.ndarray) -> np.ndarray:
@@ -248,24 +253,38 @@ def odd(number: int) -> int:
 
 
 def digit_strokes(ink: np.ndarray) -> np.ndarray:
-    """The ink of the digit's strokes, float32 [H, W] in [0, 1], zero elsewhere; InputError if there are none.
+    """The ink of the digit's strokes around the digit, float32 [h, w] in [0, 1], zero elsewhere.
 
-    The digit's marks (see digit_marks) are its strokes' cores; they are
-    widened by a stroke's width to take in the strokes' soft edges, which
-    MNIST keeps as grey, as far as they stand out from the paper and reach
-    INK_THRESHOLD of the cores' ink (a fainter halo is not in MNIST's digits).
-    The ink is scaled so that the cores are 1.
+    The digit's marks (see digit_marks) are its strokes' cores. Around them,
+    within a stroke's width, the strokes' soft edges count too (MNIST keeps
+    them as grey), as far as they stand out from the paper and reach
+    INK_THRESHOLD of the cores' ink (a fainter halo is not in MNIST's digits);
+    an opening by half a stroke's width then drops what is thinner, such as
+    the stubs of ruled lines crossing the strokes. The ink is scaled so that
+    the cores are 1. InputError if no digit stands out: no marks, marks
+    spanning less than MIN_DIGIT of the picture or covering less than an
+    eighth of that span squared (about what a thin 1 covers: dust, slivers
+    of lines), or cores under twice the faintest mark's contrast (smudges).
     """
     smooth = cv2.GaussianBlur(ink, (0, 0), max(ink.shape) / 600 + 0.5)
     sample = smooth[::3, ::3]
-    stands_out = smooth > max(np.median(sample) + NOISE_SIGMAS * noise_level(sample), MIN_CONTRAST)
+    floor = max(np.median(sample) + NOISE_SIGMAS * noise_level(sample), MIN_CONTRAST)
+    stands_out = smooth > floor
     digit = digit_marks(ink, smooth, stands_out)
-    if not digit.any():
+    left, top, width, height = cv2.boundingRect(np.uint8(digit))
+    span = MIN_DIGIT * max(ink.shape)
+    if max(width, height) < span or np.count_nonzero(digit) < span ** 2 / 8 or \
+            np.percentile(ink[digit], 75) < 2 * floor:
         raise InputError("The image is blank: no digit stands out from the background.")
-    width = odd(round(2 * stroke_width(digit)) + 1)
-    around = cv2.dilate(digit.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width, width)))
+    stroke = stroke_width(digit)
+    margin = int(stroke) + 1
+    box = np.s_[max(top - margin, 0):top + height + margin, max(left - margin, 0):left + width + margin]
+    digit, ink, stands_out = digit[box], ink[box], stands_out[box]
     strokes = np.clip(ink / np.percentile(ink[digit], 75), 0, 1)
-    return np.where(around.astype(bool) & stands_out & (strokes >= INK_THRESHOLD), strokes, 0)
+    near = cv2.distanceTransform(np.uint8(~digit), cv2.DIST_L2, 3) <= stroke
+    kept = np.uint8(near & stands_out & (strokes >= INK_THRESHOLD))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(stroke / 2) | 1,) * 2)
+    return strokes * cv2.morphologyEx(kept, cv2.MORPH_OPEN, disk)
 
 
 def stroke_width(mask: np.ndarray) -> float:
@@ -280,20 +299,27 @@ def digit_marks(ink: np.ndarray, smooth: np.ndarray, considered: np.ndarray) -> 
 
     The ink, slightly smoothed, must rise NOISE_SIGMAS noise deviations above
     the paper (the noise measured as the median absolute deviation, which the
-    marks, a minority, do not sway). Among those pixels Otsu's threshold
-    separates strong marks from faint ones (ruled lines, smudges, soft edges).
-    Marks that are edges (the desk or a frame) or long thin lines are set
-    aside and the threshold is taken again without them, so that a dark desk
-    cannot push the digit below the threshold.
+    marks, a minority, do not sway). What of it lies along the picture's
+    border is an edge (the desk, a frame, a dark corner) and is set aside;
+    a closing first joins the specks that a textured desk breaks into.
+    Among the rest Otsu's threshold separates strong marks from faint ones
+    (ruled lines, smudges, soft edges). Strong marks that are edges or long
+    thin lines are set aside too and the threshold is taken again without
+    them when they are nearly all there is, so that they cannot push the
+    digit below the threshold.
     """
+    joined = cv2.morphologyEx(np.uint8(considered), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8),
+                              iterations=max(min(ink.shape) // 200, 1))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    considered &= ~edges(labels, stats)[labels]
     for _ in range(4):
         if not considered.any():
             break
         marks = considered & (smooth > otsu(smooth[considered]))
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(marks.astype(np.uint8), connectivity=8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(np.uint8(marks), connectivity=8)
         mass = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count)
         mass[0] = 0
-        clutter = edges_and_lines(labels, stats)
+        clutter = edges(labels, stats) | lines(stats, labels.shape)
         if mass[~clutter].sum() >= CLUTTER_SHARE * mass[clutter].sum():
             return digit_components(stats, np.where(clutter, 0, mass))[labels]
         considered &= ~clutter[labels]
@@ -307,21 +333,32 @@ def otsu(values: np.ndarray) -> float:
     return cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0] / 255 * top
 
 
-def edges_and_lines(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """Which components (bool per label) are not the digit's: the edges of the paper, of a frame, ruled lines.
+def edges(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """Which components (bool per label) are edges (of the paper, the desk, a frame, a dark corner).
 
-    An edge lies along the picture's border for a quarter of a side or more
-    (a digit touches it with a stroke's end at most); a line runs along half
-    the picture and is LINE_ASPECT times longer than wide.
+    An edge touches the picture's border, stretches over a quarter of a side
+    or more, and nine tenths of it lie near the border. A digit touches the
+    border with a stroke's end at most, or reaches far into the picture; a
+    ruled line running along the border is an edge too, unless it is joined
+    to the page's other lines and the digit, which do not lie near the border.
     """
     height, width = labels.shape
-    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    along_border = np.bincount(border, minlength=len(stats)) > min(height, width) / 4
+    x, y, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
+    touches = (x == 0) | (y == 0) | (x + w == width) | (y + h == height)
+    band = min(height, width) // 5
+    inner = np.bincount(labels[band:-band, band:-band].ravel(), minlength=len(stats))
+    edge = touches & (np.maximum(w, h) > min(height, width) / 4) & (stats[:, 4] > 10 * inner)
+    edge[0] = False
+    return edge
+
+
+def lines(stats: np.ndarray, shape: tuple) -> np.ndarray:
+    """Which components (bool per label) are lines: along half the picture, LINE_ASPECT times longer than wide."""
+    height, width = shape
     w, h = stats[:, 2], stats[:, 3]
     line = ((w > width / 2) | (h > height / 2)) & (np.maximum(w, h) > LINE_ASPECT * np.minimum(w, h))
-    clutter = along_border | line
-    clutter[0] = False
-    return clutter
+    line[0] = False
+    return line
 
 
 def digit_components(stats: np.ndarray, mass: np.ndarray) -> np.ndarray:

@@ -1,0 +1,162 @@
+"""Pictures people send: photos and drawings of real held-out digits read as the clean digits do.
+
+The corpus (tests/picture_corpus.py) renders 25 held-out digits as each of
+eight kinds of picture. The small test bundle is about 90% right on clean
+digits, so the measure is agreement: the ensemble's class for the picture
+must be its class for the clean 28x28 digit.
+
+The digits are those the test bundle reads firmly: the same class when the
+digit moves by one pixel in any direction. Its fully connected networks
+change their answer for 10-16% of digits moved by a single pixel (a
+convolutional network for 0.1-0.3%), and MNIST's own centring by mass is
+exact only to half a pixel (MNIST's centres of mass spread uniformly over
+13.5-14.5), so on the other digits agreement would measure that rounding,
+not the pictures.
+"""
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import TRAIN
+from inference.ensemble import Ensemble
+from inference.pictures import InputError, picture_from_bytes
+from picture_corpus import KINDS, corpus, grey_paper_photo, png, small_in_large_frame
+
+PER_KIND = 25
+BLANK = "The image is blank: no digit stands out from the background."
+
+
+@pytest.fixture(scope="module")
+def ensemble(bundle):
+    return Ensemble.load(bundle)
+
+
+@pytest.fixture(scope="module")
+def held_out(mnist_digits, ensemble):
+    """Held-out digits (never trained on) that the test bundle reads firmly: float32 [N, 28, 28] and labels.
+
+    About 640 of the 1,000.
+    """
+    images, labels = mnist_digits[0][TRAIN:, ..., 0], mnist_digits[1][TRAIN:]
+    read = classes(ensemble, images)
+    firm = np.all([classes(ensemble, np.roll(images, shift, axis=(1, 2))) == read
+                   for shift in [(1, 0), (-1, 0), (0, 1), (0, -1)]], axis=0)
+    return images[firm], labels[firm]
+
+
+@pytest.fixture(scope="module")
+def readings(held_out):
+    """The corpus read back: kinds [N], recovered images [N, 28, 28], the clean digits [N, 28, 28]."""
+    digits = held_out[0]
+    pictures = corpus(digits, PER_KIND, seed=0)
+    recovered = np.stack([picture_from_bytes(picture.data) for picture in pictures])
+    return np.array([p.kind for p in pictures]), recovered, digits[[p.source for p in pictures]]
+
+
+def classes(ensemble: Ensemble, images: np.ndarray) -> np.ndarray:
+    return ensemble.predict(np.asarray(images, np.float32)[..., None]).classes
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_every_kind_of_picture_reads_as_its_clean_digit(readings, ensemble):
+    kinds, recovered, clean = readings
+    agree = classes(ensemble, recovered) == classes(ensemble, clean)
+    share = {kind: round(float(agree[kinds == kind].mean()), 2) for kind in KINDS}
+    assert all(count == PER_KIND for count in np.unique(kinds, return_counts=True)[1])
+    assert min(share.values()) >= 0.9 and agree.mean() >= 0.95, share
+
+
+def test_recovered_pictures_look_like_their_digits_in_the_mnist_frame(readings):
+    """White strokes on black in [0, 1], brightest pixel 1, fit 20x20, centre of mass at (14, 14)."""
+    kinds, recovered, clean = readings
+    assert recovered.dtype == np.float32 and recovered.shape == (len(kinds), 28, 28)
+    assert recovered.min() == 0 and np.all(recovered.max(axis=(1, 2)) == 1)
+    for image in recovered:
+        _, _, width, height = cv2.boundingRect(np.uint8(image > 0))
+        assert max(width, height) == 20
+        moments = cv2.moments(image)
+        assert abs(moments["m10"] / moments["m00"] - 14) <= 1.5 and abs(moments["m01"] / moments["m00"] - 14) <= 1.5
+    similar = np.array([correlation(r, c) for r, c in zip(recovered, clean)])
+    medians = {kind: round(float(np.median(similar[kinds == kind])), 2) for kind in KINDS}
+    assert min(medians.values()) >= 0.85 and similar.min() >= 0.5, (medians, similar.min())
+
+
+def drawn_on_transparent(digit: np.ndarray, ink: tuple, side: int = 400) -> bytes:
+    """A drawing pad's export: the digit as alpha over a transparent canvas whose hidden pixels are black."""
+    alpha = np.zeros((side, side), np.float32)
+    alpha[60:340, 60:340] = np.clip(cv2.resize(digit, (280, 280), interpolation=cv2.INTER_CUBIC), 0, 1)
+    rgb = np.where(alpha[..., None] > 0, np.float32(ink) / 255, 0)
+    return png(np.round(np.dstack([rgb, alpha]) * 255).astype(np.uint8))[0]
+
+
+@pytest.mark.parametrize("ink", [(255, 255, 255), (0, 0, 0), (255, 220, 0)], ids=["white", "black", "yellow"])
+def test_strokes_on_a_transparent_canvas_read_right_in_any_ink(held_out, ensemble, ink):
+    """What a dark-themed drawing pad exports, white ink on transparent, was refused as blank."""
+    digits = held_out[0][200:210]
+    recovered = np.stack([picture_from_bytes(drawn_on_transparent(digit, ink)) for digit in digits])
+    similar = [correlation(r, d) for r, d in zip(recovered, digits)]
+    assert np.median(similar) > 0.9 and min(similar) > 0.75, similar
+    assert list(classes(ensemble, recovered)) == list(classes(ensemble, digits))
+
+
+def test_the_issue_photo_a_five_on_grey_paper_with_the_light_falling_off_reads_as_five(held_out, ensemble):
+    """Three such photos all came back wrong (one 5 as a 4) while the same digits evenly lit were right."""
+    digits, labels = held_out
+    fives = digits[labels == 5][:8]
+    pictures = [grey_paper_photo(five, np.random.default_rng([9, k]))[0] for k, five in enumerate(fives)]
+    recovered = np.stack([picture_from_bytes(picture) for picture in pictures])
+    assert list(classes(ensemble, recovered)) == list(classes(ensemble, fives))
+
+
+def test_a_small_digit_in_a_large_frame_fills_the_mnist_box(held_out, ensemble):
+    digits = held_out[0][210:218]
+    pictures = [small_in_large_frame(digit, np.random.default_rng([7, k]))[0] for k, digit in enumerate(digits)]
+    recovered = np.stack([picture_from_bytes(picture) for picture in pictures])
+    assert all(correlation(r, d) > 0.8 for r, d in zip(recovered, digits))
+    assert list(classes(ensemble, recovered)) == list(classes(ensemble, digits))
+
+
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind != "lined_paper"])
+def test_every_kind_of_picture_without_a_digit_is_blank(kind):
+    """The same paper, light, board, dust, desk and noise with no digit: nothing to classify.
+
+    Not an empty lined page: its grid of lines and margin reads as a mark
+    (a known limit; its prediction then carries a low confidence).
+    """
+    for k in range(3):
+        data, _ = KINDS[kind](np.zeros((28, 28), np.float32), np.random.default_rng([5, k]))
+        with pytest.raises(InputError, match="^" + BLANK + "$"):
+            picture_from_bytes(data)
+
+
+def test_a_phone_photo_is_read_in_well_under_a_second(held_out):
+    """A 12-megapixel JPEG is decoded at a reduced scale and worked on at 1024 pixels, not at full size."""
+    digit = held_out[0][220]
+    photo = np.full((3000, 4000, 3), 200, np.uint8)
+    photo[1000:2120, 1500:2620] = 200 - (150 * cv2.resize(digit, (1120, 1120))[..., None]).astype(np.uint8)
+    data = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        image = picture_from_bytes(data)
+        seconds.append(time.perf_counter() - start)
+    assert correlation(image, digit) > 0.9
+    assert min(seconds) < 0.5, seconds
+
+
+def test_a_picture_with_transparent_corners_reads_as_the_opaque_one(held_out):
+    """A photo whose corners were cut away (transparent): those pixels are paper, not ink."""
+    encoded = KINDS["uneven_lighting"](held_out[0][221], np.random.default_rng(3))[0]
+    photo = cv2.cvtColor(cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    alpha = np.full(photo.shape[:2], 255, np.uint8)
+    cut = min(photo.shape[:2]) // 5
+    for rows in (slice(None, cut), slice(-cut, None)):
+        for columns in (slice(None, cut), slice(-cut, None)):
+            alpha[rows, columns] = 0
+    cut_corners = picture_from_bytes(png(np.dstack([photo, alpha]))[0])
+    assert correlation(cut_corners, picture_from_bytes(encoded)) > 0.95
