@@ -19,7 +19,7 @@ MAX_PIXELS = 50_000_000        # a 50-megapixel photo; a larger image (or a deco
 MAX_ARRAY_BYTES = 512 << 20    # the largest .npy / IDX payload read
 WORKING_SIDE = 1024            # pictures are worked on with their long side shrunk to this (JPEGs decode smaller)
 POLARITY_SIDE = 256            # whether the ink is darker or lighter than the paper is decided on a copy this small
-BACKGROUND_SIDE = 128           # the paper's light is estimated on a copy this small: light varies slowly
+BACKGROUND_SIDE = 128          # the paper's light is estimated on a copy this small: light varies slowly
 MIN_CONTRAST = 0.125           # ink this much darker (or lighter) than its paper, or less, is not a mark
 INK_THRESHOLD = 0.25           # the digit's pixels fainter than this fraction of its strokes' ink are background
 NOISE_SIGMAS = 5               # a mark stands out this many noise deviations above the paper
@@ -29,6 +29,7 @@ MIN_DIGIT = 0.02               # marks spanning less than this fraction of the p
 GROUP_REACH = 0.25             # marks within this fraction of the digit's size from it belong to it
 DIGIT_BOX, FRAME, CENTRE = 20, 28, 14.0  # MNIST: fit 20x20, centre of mass at pixel 14 of 28
 NPY_MAGIC, GZIP_MAGIC = b"\x93NUMPY", b"\x1f\x8b"
+BLANK = "The image is blank: no digit stands out from the background."
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -113,10 +114,12 @@ def picture_from_bytes(data: bytes) -> np.ndarray:
 def mnist_like(image: Image.Image) -> np.ndarray:
     """A picture of a digit as MNIST made its images: white strokes on black, fit 20x20, centred by mass in 28x28.
 
-    Four steps: the picture at a working size; the ink, as each pixel's
-    contrast against the paper's own estimated light (or the alpha channel of
-    a drawing on a transparent canvas); the digit's strokes, kept by
-    connected components from a threshold above the noise; and the MNIST frame.
+    Four steps, each a function below: the picture at a working size
+    (working_pixels); its ink, as each pixel's contrast against the paper's
+    own estimated light (ink_on_paper), or the alpha channel of a drawing on
+    a transparent canvas; the digit's strokes, found by connected components
+    above the noise, apart from edges, lines and specks (digit_strokes); and
+    MNIST's frame (mnist_frame).
     """
     rgb, alpha = working_pixels(image)
     ink = alpha if drawn_on_transparent(alpha) else ink_on_paper(opaque(rgb, alpha))
@@ -275,7 +278,7 @@ def digit_strokes(ink: np.ndarray) -> np.ndarray:
     span = MIN_DIGIT * max(ink.shape)
     if max(width, height) < span or np.count_nonzero(digit) < span ** 2 / 8 or \
             np.percentile(ink[digit], 75) < 2 * floor:
-        raise InputError("The image is blank: no digit stands out from the background.")
+        raise InputError(BLANK)
     stroke = stroke_width(digit)
     margin = int(stroke) + 1
     box = np.s_[max(top - margin, 0):top + height + margin, max(left - margin, 0):left + width + margin]
@@ -284,7 +287,10 @@ def digit_strokes(ink: np.ndarray) -> np.ndarray:
     near = cv2.distanceTransform(np.uint8(~digit), cv2.DIST_L2, 3) <= stroke
     kept = np.uint8(near & stands_out & (strokes >= INK_THRESHOLD))
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(stroke / 2) | 1,) * 2)
-    return strokes * cv2.morphologyEx(kept, cv2.MORPH_OPEN, disk)
+    strokes *= cv2.morphologyEx(kept, cv2.MORPH_OPEN, disk)
+    if not strokes.any():
+        raise InputError(BLANK)
+    return strokes
 
 
 def stroke_width(mask: np.ndarray) -> float:

@@ -21,11 +21,10 @@ import pytest
 
 from conftest import TRAIN
 from inference.ensemble import Ensemble
-from inference.pictures import InputError, picture_from_bytes
+from inference.pictures import BLANK, InputError, picture_from_bytes
 from picture_corpus import KINDS, corpus, grey_paper_photo, png, small_in_large_frame
 
 PER_KIND = 25
-BLANK = "The image is blank: no digit stands out from the background."
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +106,14 @@ def test_strokes_on_a_transparent_canvas_read_right_in_any_ink(held_out, ensembl
 def test_the_issue_photo_a_five_on_grey_paper_with_the_light_falling_off_reads_as_five(held_out, ensemble):
     """Three such photos all came back wrong (one 5 as a 4) while the same digits evenly lit were right."""
     digits, labels = held_out
-    fives = digits[labels == 5][:8]
+    fives = digits[labels == 5][:5]
     pictures = [grey_paper_photo(five, np.random.default_rng([9, k]))[0] for k, five in enumerate(fives)]
     recovered = np.stack([picture_from_bytes(picture) for picture in pictures])
     assert list(classes(ensemble, recovered)) == list(classes(ensemble, fives))
 
 
 def test_a_small_digit_in_a_large_frame_fills_the_mnist_box(held_out, ensemble):
-    digits = held_out[0][210:218]
+    digits = held_out[0][210:215]
     pictures = [small_in_large_frame(digit, np.random.default_rng([7, k]))[0] for k, digit in enumerate(digits)]
     recovered = np.stack([picture_from_bytes(picture) for picture in pictures])
     assert all(correlation(r, d) > 0.8 for r, d in zip(recovered, digits))
