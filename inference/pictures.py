@@ -25,7 +25,8 @@ BACKGROUND_SIDE = 128          # the paper's light is estimated on a copy this s
 MIN_CONTRAST = 0.125           # ink this much darker (or lighter) than its paper, or less, is not a mark
 INK_THRESHOLD = 0.25           # the digit's pixels fainter than this fraction of its strokes' ink are background
 NOISE_SIGMAS = 5               # a mark stands out this many noise deviations above the paper
-LINE_ASPECT = 10               # a mark this many times longer than wide is a line (if it runs along half the picture)
+LINE_ASPECT = 10               # a mark this many times longer than wide is a line (if it runs LINE_SPAN along) ...
+LINE_SPAN = 0.8                # ... of the picture: a ruled line crosses the page; a 1 drawn upright does not
 CLUTTER_SHARE = 0.05           # marks other than edges and lines need this share of the edges' ink to be looked at
 MIN_DIGIT = 0.02               # marks spanning less than this fraction of the picture are dust, not a digit
 GROUP_REACH = 0.25             # marks within this fraction of the digit's size from it belong to it
@@ -363,10 +364,10 @@ def edges(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
 
 
 def lines(stats: np.ndarray, shape: tuple) -> np.ndarray:
-    """Which components (bool per label) are lines: along half the picture, LINE_ASPECT times longer than wide."""
+    """Which components (bool per label) are lines: along LINE_SPAN of the picture, LINE_ASPECT times longer than wide."""
     height, width = shape
     w, h = stats[:, 2], stats[:, 3]
-    line = ((w > width / 2) | (h > height / 2)) & (np.maximum(w, h) > LINE_ASPECT * np.minimum(w, h))
+    line = ((w > LINE_SPAN * width) | (h > LINE_SPAN * height)) & (np.maximum(w, h) > LINE_ASPECT * np.minimum(w, h))
     line[0] = False
     return line
 
@@ -409,9 +410,11 @@ def mnist_frame(strokes: np.ndarray) -> np.ndarray:
 
 def centred(digit: np.ndarray) -> np.ndarray:
     """Place the digit in a 28x28 frame with its centre of mass at pixel (14, 14), as far as the frame allows."""
-    moments = cv2.moments(digit)
-    top = round(CENTRE - moments["m01"] / moments["m00"])
-    left = round(CENTRE - moments["m10"] / moments["m00"])
+    # Not cv2.moments: it takes an array one or two pixels wide (a thin upright 1) for a list of points.
+    rows, columns = np.indices(digit.shape)
+    mass = digit.sum()
+    top = round(CENTRE - (rows * digit).sum() / mass)
+    left = round(CENTRE - (columns * digit).sum() / mass)
     top = min(max(top, 0), FRAME - digit.shape[0])
     left = min(max(left, 0), FRAME - digit.shape[1])
     frame = np.zeros((FRAME, FRAME), np.float32)

@@ -13,11 +13,13 @@ exact only to half a pixel (MNIST's centres of mass spread uniformly over
 13.5-14.5), so on the other digits agreement would measure that rounding,
 not the pictures.
 """
+import io
 import time
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from conftest import TRAIN
 from inference.ensemble import Ensemble
@@ -168,3 +170,16 @@ def test_a_picture_with_transparent_corners_reads_as_the_opaque_one(held_out):
             alpha[rows, columns] = 0
     cut_corners = picture_from_bytes(png(np.dstack([photo, alpha]))[0])
     assert correlation(cut_corners, picture_from_bytes(encoded)) > 0.95
+
+
+@pytest.mark.parametrize("pen", [4, 10, 16, 22])
+def test_a_straight_upright_stroke_is_a_1_however_thin_the_pen(pen):
+    """What a drawing pad sends for a 1: not a ruled line to set aside, and a 1-2 pixel wide digit to centre."""
+    pad = Image.new("RGB", (320, 320), "white")
+    ImageDraw.Draw(pad).line([(160, 58), (160, 262)], fill=(20, 20, 20), width=pen)
+    png = io.BytesIO()
+    pad.save(png, "PNG")
+    seen = picture_from_bytes(png.getvalue())
+    rows, columns = np.nonzero(seen > 0.5)
+    assert rows.max() - rows.min() + 1 == 20 and columns.max() - columns.min() + 1 <= 3
+    assert abs((np.arange(28) * seen.sum(axis=0)).sum() / seen.sum() - 14) <= 1
