@@ -112,8 +112,8 @@ class Runner:
         self.summary = self._read_json(self.summary_path)
         self.manifest = self._read_json(self.manifest_path)
         self.splits = None
-        self.started, self.seconds_per_work = time.perf_counter(), 0.0  # for the whole-run estimate
-        self._trained_work, self._trained_seconds = 0, 0.0
+        self.started = time.perf_counter()  # for the whole-run line
+        self._trained_work, self._trained_seconds = 0, 0.0  # the stages this run trained: their cost and time
         self.task = None  # in a multi-worker run, another worker's name ("worker-1"): it writes none of the run's files
         if strategy is not None:
             from pipeline.strategy import task_name
@@ -192,7 +192,7 @@ class Runner:
         left = [stage for stage in left if not self._is_done(stage.id, self._stage_fingerprint(stage),
                                                              self.run_dir / "stages" / stage.id)]
         work = sum(self.training_work(stage) for stage in left)
-        estimate = (f"~{minutes(work * self.seconds_per_work)} left" if self.seconds_per_work
+        estimate = (f"~{minutes(work * self._trained_seconds / self._trained_work)} left" if self._trained_work
                     else "time left known after the first stage")
         self.log(f"[run] stage {position + 1} of {len(stage_ids)} ({current}); "
                  f"{minutes(time.perf_counter() - self.started)} so far, {estimate}")
@@ -367,9 +367,9 @@ class Runner:
             self.log(f"[{stage.id}] out of date ({entry['out_of_date']}): retraining")
         self.log(f"[{stage.id}] {stage.network.describe()} on {stage.data} data, "
                  f"reference {stage.reference:.2%}")
-        asked = config.for_stage(self.settings, "epochs", stage.id)
-        if asked != "reference" and self.train_settings(stage).epochs > asked:
-            self.log(f"  {self.train_settings(stage).epochs} epochs instead of {asked}: "
+        asked, epochs = config.for_stage(self.settings, "epochs", stage.id), self.train_settings(stage).epochs
+        if asked != "reference" and epochs > asked:
+            self.log(f"  {epochs} epochs instead of {asked}: "
                      f"{self.training_images(stage)} training images need them for min_steps "
                      f"{config.for_stage(self.settings, 'min_steps', stage.id)}")
         from pipeline import modelstage
@@ -379,7 +379,6 @@ class Runner:
                      trained_images=self.trained_images(stage))
         self._trained_work += self.training_work(stage)
         self._trained_seconds += entry["wall_seconds"]
-        self.seconds_per_work = self._trained_seconds / self._trained_work
         entry["warning"] = learning_warning(entry["test_accuracy"], stage.reference, self._data_info().get("sample"))
         if entry["warning"]:
             self.log(f"WARNING: [{stage.id}] {entry['warning']}")

@@ -14,7 +14,6 @@ exact only to half a pixel (MNIST's centres of mass spread uniformly over
 not the pictures.
 """
 import io
-import time
 
 import cv2
 import numpy as np
@@ -144,19 +143,22 @@ def test_every_kind_of_picture_without_a_digit_is_blank(kind):
             picture_from_bytes(data)
 
 
-def test_a_phone_photo_is_read_in_well_under_a_second(held_out):
-    """A 12-megapixel JPEG is decoded at a reduced scale and worked on at 1024 pixels, not at full size."""
+def test_a_phone_photo_is_decoded_at_a_reduced_scale_and_read_right(held_out, monkeypatch):
+    """A 12-megapixel JPEG reaches the picture steps already shrunk (JPEG draft), no smaller than the working size.
+
+    (The time this saves is measured by benchmarks/pictures.py, not asserted here.)
+    """
+    import inference.pictures as pictures
     digit = held_out[0][220]
     photo = np.full((3000, 4000, 3), 200, np.uint8)
     photo[1000:2120, 1500:2620] = 200 - (150 * cv2.resize(digit, (1120, 1120))[..., None]).astype(np.uint8)
     data = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        image = picture_from_bytes(data)
-        seconds.append(time.perf_counter() - start)
+    decoded = []
+    steps = pictures.mnist_like
+    monkeypatch.setattr(pictures, "mnist_like", lambda image: decoded.append(image.size) or steps(image))
+    image = picture_from_bytes(data)
     assert correlation(image, digit) > 0.9
-    assert min(seconds) < 0.5, seconds
+    assert pictures.WORKING_SIDE <= max(decoded[0]) < 4000, decoded
 
 
 def test_a_picture_with_transparent_corners_reads_as_the_opaque_one(held_out):
