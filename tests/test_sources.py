@@ -1,7 +1,6 @@
 """Data sources: a mirror over real HTTP on 127.0.0.1, file:// and directories, tfds (mocked), the sample, auto."""
 import hashlib
 import http.server
-import os
 import subprocess
 import sys
 import threading
