@@ -14,6 +14,7 @@ PRESETS = {
     "seed": {
         "batch_size": 10, "optimizer": "sgd", "learning_rate": "reference", "schedule": "constant",
         "warmup_fraction": 0.0, "epochs": "reference", "shuffle": False, "max_shift": 0,
+        "max_rotation": 0.0, "max_zoom": 0.0,
         "steps_per_call": 100, "train_limit": 0, "min_steps": 0, "seed": 0, "strategy": "auto",
         "parallel_members": "auto",
     },
@@ -23,7 +24,7 @@ PRESETS = {
         "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
         "warmup_fraction": 0.03,
         "epochs": {"default": 15, "baseline": 30, "expanded": 3, "extra_fc": 5, "dropout": 6, "ensemble": 6},
-        "shuffle": True, "max_shift": 1,
+        "shuffle": True, "max_shift": 1, "max_rotation": 0.0, "max_zoom": 0.0,
         # On a small training set (the 5,000-digit sample) epochs are raised to give every network at least
         # this many updates: the sigmoid networks sit at chance for their first ~650 (full MNIST gives 5,000+).
         "steps_per_call": 50, "train_limit": 0, "min_steps": 2000, "seed": 0, "strategy": "auto",
@@ -33,7 +34,7 @@ PRESETS = {
     # (Sigmoid nets sit on a plateau for their first few hundred steps: ~470 steps get past it.)
     "quick": {
         "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
-        "warmup_fraction": 0.03, "epochs": 3, "shuffle": True, "max_shift": 0,
+        "warmup_fraction": 0.03, "epochs": 3, "shuffle": True, "max_shift": 0, "max_rotation": 0.0, "max_zoom": 0.0,
         "steps_per_call": 50, "train_limit": 20000, "min_steps": 0, "seed": 0, "strategy": "auto",
         "parallel_members": "auto",
     },

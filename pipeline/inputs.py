@@ -4,7 +4,7 @@ The arrays (196 MB for the expanded set) live in memory as constants. Each
 epoch's order is a stateless shuffle of indices seeded by (seed, epoch), and
 batches are gathered with one op, so shuffling costs nothing, one dataset
 serves the whole run, and any epoch is reproducible after a restart. Random
-shifts, when asked for, are one vectorised transform per batch.
+shifts, turns and zooms, when asked for, are one vectorised transform per batch.
 """
 import numpy as np
 import tensorflow as tf
@@ -21,17 +21,31 @@ def epoch_order(n: int, shuffle: bool, seed: int, epoch) -> tf.Tensor:
                                                                            tf.cast(epoch, tf.int64)]))
 
 
-def random_shift(images, max_shift: int, seed):
-    """Move each image by its own random whole-pixel offset in [-max_shift, max_shift], zero-filled."""
+def random_transform(images, seed, max_shift: int, max_rotation: float = 0.0, max_zoom: float = 0.0):
+    """Move each image by its own random whole-pixel offset in [-max_shift, max_shift], and, when asked, turn it
+    by up to max_rotation degrees and scale it by up to 1 +- max_zoom about its centre; zero-filled, bilinear.
+
+    One projective transform per image, all in one op. A pure shift lands on whole pixels, so it moves
+    pixel values exactly.
+    """
     batch = tf.shape(images)[0]
     offsets = tf.random.stateless_uniform([batch, 2], seed, -max_shift, max_shift + 1, dtype=tf.int32)
-    offsets = tf.cast(offsets, tf.float32)
-    ones, zeros = tf.ones([batch, 1]), tf.zeros([batch, 1])
-    # Projective transform rows a0 a1 a2 b0 b1 b2 c0 c1: output(x, y) = input(x + dx, y + dy).
-    transforms = tf.concat([ones, zeros, offsets[:, 1:], zeros, ones, offsets[:, :1], zeros, zeros], axis=1)
+    dy, dx = tf.unstack(tf.cast(offsets, tf.float32), axis=1)
+    angle, scale = tf.zeros([batch]), tf.ones([batch])
+    if max_rotation or max_zoom:
+        turn_seed, zoom_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        angle = tf.random.stateless_uniform([batch], turn_seed, -1.0, 1.0) * (max_rotation * np.pi / 180)
+        scale = 1.0 + tf.random.stateless_uniform([batch], zoom_seed, -1.0, 1.0) * max_zoom
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    centre_y, centre_x = tf.unstack((tf.cast(tf.shape(images)[1:3], tf.float32) - 1) / 2)
+    # Rows a0 a1 a2 b0 b1 b2 c0 c1: output(x, y) = input(a0 x + a1 y + a2, b0 x + b1 y + b2), here the
+    # input point is centre + rotation(angle) / scale * (output - centre) + offset.
+    zeros = tf.zeros([batch])
+    transforms = tf.stack([cos, -sin, centre_x - cos * centre_x + sin * centre_y + dx,
+                           sin, cos, centre_y - sin * centre_x - cos * centre_y + dy, zeros, zeros], axis=1)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
-        interpolation="NEAREST", fill_mode="CONSTANT")
+        interpolation="BILINEAR", fill_mode="CONSTANT")
 
 
 class Arrays:
@@ -46,7 +60,8 @@ class Arrays:
         return tf.cast(tf.gather(self.images, index), tf.float32)[..., None] / 255.0, tf.gather(self.labels, index)
 
     def training(self, batch_size: int, first_epoch: int, last_epoch: int, *, shuffle: bool, seed: int,
-                 max_shift: int = 0, input_context=None) -> tf.data.Dataset:
+                 max_shift: int = 0, max_rotation: float = 0.0, max_zoom: float = 0.0,
+                 input_context=None) -> tf.data.Dataset:
         """Epochs first_epoch..last_epoch back to back, full batches only.
 
         With an input_context (tf.distribute), each input pipeline takes its
@@ -59,9 +74,9 @@ class Arrays:
 
             def batch(number, index):
                 images, labels = self.gather(index)
-                if max_shift:
+                if max_shift or max_rotation or max_zoom:
                     batch_seed = tf.stack([tf.constant(seed, tf.int64), epoch * BATCH_SEED_STRIDE + number])
-                    images = random_shift(images, max_shift, batch_seed)
+                    images = random_transform(images, batch_seed, max_shift, max_rotation, max_zoom)
                 return images, labels
 
             batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)

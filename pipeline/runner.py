@@ -302,6 +302,7 @@ class Runner:
             optimizer=value("optimizer"), learning_rate=float(reference("learning_rate", stage.eta)),
             schedule=value("schedule"), warmup_fraction=float(value("warmup_fraction")), lmbda=stage.lmbda,
             shuffle=bool(value("shuffle")), max_shift=int(value("max_shift")),
+            max_rotation=float(value("max_rotation")), max_zoom=float(value("max_zoom")),
             steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + seed_offset)
 
     def training_images(self, stage: Stage) -> int:

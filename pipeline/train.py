@@ -51,6 +51,8 @@ class TrainSettings:
     lmbda: float = 0.0         # reference L2 parameter
     shuffle: bool = False      # reshuffle every epoch (the reference does not)
     max_shift: int = 0         # random whole-pixel shifts per image per epoch
+    max_rotation: float = 0.0  # random turns, in degrees either way
+    max_zoom: float = 0.0      # random scaling by 1 +- this
     steps_per_call: int = 100
     seed: int = 0
     eval_batch_size: int = 1000
@@ -203,7 +205,8 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     training = inputs.Arrays(train_x, train_y)
     batches = iter(strategy.distribute_datasets_from_function(lambda ctx: training.training(
         ctx.get_per_replica_batch_size(global_batch), resumed_from + 1, settings.epochs, shuffle=settings.shuffle,
-        seed=settings.seed, max_shift=settings.max_shift, input_context=ctx)))
+        seed=settings.seed, max_shift=settings.max_shift, max_rotation=settings.max_rotation,
+        max_zoom=settings.max_zoom, input_context=ctx)))
     # Each network's functions are traced once, up front, for their input specs. A run trains a dozen
     # networks, each with functions of its own: traced on first call instead, TensorFlow counts them
     # all as one function retraced again and again, and warns.
