@@ -2,7 +2,7 @@
 import keras
 
 from models.layers import ConvPool, ReplicaDropout, reference_bias_init, reference_kernel_init
-from models.specs import IMAGE_SHAPE, NUM_CLASSES, Conv, Network
+from models.specs import IMAGE_SHAPE, NUM_CLASSES, BNConv, Conv, Network
 
 
 def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = "net") -> keras.Model:
@@ -16,6 +16,9 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
     seeds = iter(range(seed * 1000, seed * 1000 + 1000, 2))
     flat = False
     for spec in network.hidden:
+        if isinstance(spec, BNConv):
+            layers += bn_conv(spec, network.activation, regularizer, next(seeds))
+            continue
         if isinstance(spec, Conv):
             layers.append(ConvPool(spec.filters, spec.kernel_size, spec.pool_size, spec.pooling,
                                    network.activation, spec.strides, spec.padding, regularizer, seed=next(seeds)))
@@ -36,6 +39,20 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", kernel_initializer="zeros",
                                      kernel_regularizer=regularizer, name="probabilities"))
     return keras.Sequential(layers, name=name)
+
+
+def bn_conv(spec: BNConv, activation: str, regularizer, seed: int) -> list:
+    """Keras's own Conv2D (no bias), BatchNormalization, activation and, if asked, 2x2 max pooling.
+
+    The kernel starts as the reference's, N(0, sqrt(1 / n_out)), seeded like
+    every other layer; batch normalisation rescales whatever it starts as.
+    """
+    n_out = spec.filters * spec.kernel_size ** 2 / spec.pool_size ** 2
+    layers = [keras.layers.Conv2D(spec.filters, spec.kernel_size, padding=spec.padding, use_bias=False,
+                                  kernel_initializer=reference_kernel_init(n_out, seed),
+                                  kernel_regularizer=regularizer),
+              keras.layers.BatchNormalization(), keras.layers.Activation(activation)]
+    return layers + ([keras.layers.MaxPooling2D(spec.pool_size)] if spec.pool_size > 1 else [])
 
 
 def load_model(path) -> keras.Model:

@@ -14,10 +14,41 @@ class Conv:
     strides: int = 1
     padding: str = "valid"
 
+    def convolved(self, size: int) -> int:
+        """The side of the convolution's output, before pooling."""
+        return (size - self.kernel_size) // self.strides + 1 if self.padding == "valid" else -(-size // self.strides)
+
+    def describe(self) -> str:
+        return f"conv{self.filters}" + ("-l2pool" if self.pooling == "l2" else "")
+
+
+@dataclass(frozen=True)
+class BNConv:
+    """Convolution without bias, batch normalisation, activation, then 2x2 max pooling if pool_size is 2.
+
+    Not in SEED.md: the modern block of An et al. 2020 (stage `beyond`).
+    Batch normalisation makes the bias redundant, and "same" padding keeps
+    the size, so that several convolutions can stack before a pooling.
+    """
+    filters: int
+    kernel_size: int = 3
+    padding: str = "same"
+    pool_size: int = 1
+
+    def convolved(self, size: int) -> int:
+        return size - self.kernel_size + 1 if self.padding == "valid" else size
+
+    def describe(self) -> str:
+        shape = f"{self.kernel_size}x{self.kernel_size}" + (" same" if self.padding == "same" else "")
+        return f"bnconv{self.filters}({shape})" + ("-pool" if self.pool_size > 1 else "")
+
 
 @dataclass(frozen=True)
 class Dense:
     units: int
+
+    def describe(self) -> str:
+        return f"fc{self.units}"
 
 
 @dataclass(frozen=True)
@@ -31,9 +62,8 @@ class Network:
         """Multiply-accumulates of one image's forward pass (convolutions and dense layers; the rest is minor)."""
         size, channels, total, units = IMAGE_SHAPE[0], IMAGE_SHAPE[2], 0, None
         for layer in self.hidden:
-            if isinstance(layer, Conv):
-                out = ((size - layer.kernel_size) // layer.strides + 1 if layer.padding == "valid"
-                       else -(-size // layer.strides))
+            if isinstance(layer, (Conv, BNConv)):
+                out = layer.convolved(size)
                 total += out * out * layer.kernel_size ** 2 * channels * layer.filters
                 size, channels = out // layer.pool_size, layer.filters
             else:
@@ -42,7 +72,5 @@ class Network:
         return total + (units or size * size * channels) * NUM_CLASSES
 
     def describe(self) -> str:
-        parts = [f"conv{l.filters}" + ("-l2pool" if l.pooling == "l2" else "") if isinstance(l, Conv)
-                 else f"fc{l.units}" for l in self.hidden]
-        text = "-".join(parts + ["softmax"]) + f" ({self.activation}"
+        text = "-".join([layer.describe() for layer in self.hidden] + ["softmax"]) + f" ({self.activation}"
         return text + (f", dropout {self.dropout:g})" if self.dropout else ")")

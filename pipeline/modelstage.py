@@ -1,10 +1,12 @@
-"""One model stage: train, evaluate and export its best network; for the ensemble, five networks and their vote.
+"""One model stage: train, evaluate and export its best network; for a voting stage, its networks and their vote.
 
-Reads the prepared splits; writes stages/<id>/ (and bundle/ for the
-ensemble) through temporary directories, so a stage is complete or absent.
+Reads the prepared splits; writes stages/<id>/ and a voting stage's bundle
+(bundle/ for the ensemble, stages/<id>/bundle/ for any other) through
+temporary directories, so a stage is complete or absent.
 Training state lives in a checkpoint directory until the stage is complete,
 so a killed stage resumes where it stopped.
 """
+import contextlib
 import csv
 import dataclasses
 import os
@@ -87,7 +89,9 @@ def run_single(runner, stage, output, checkpoint_dir, splits) -> dict:
 
 
 def reusable_dropout_member(runner, stage):
-    """The `dropout` stage's network counts as member 0 when it was trained with this exact recipe."""
+    """The `dropout` stage's network counts as the ensemble's member 0 when it was trained with this exact recipe."""
+    if stage.id != "ensemble":
+        return None
     dropout = runner.summary.get("stages", {}).get("dropout", {})
     path = runner.run_dir / "stages" / "dropout" / "model.keras"
     same_recipe = dropout.get("settings") == dataclasses.asdict(runner.train_settings(stage))
@@ -150,6 +154,17 @@ def run_concurrently(jobs: list, workers: int) -> list:
     return results
 
 
+@contextlib.contextmanager
+def bundle_directory(runner, stage, stage_tmp: Path):
+    """Where a voting stage's bundle goes: the ensemble's is the run's bundle/, any other's stays in its stage."""
+    if stage.id == "ensemble":
+        with staged_directory(runner.run_dir / "bundle") as bundle:
+            yield bundle
+    else:
+        (stage_tmp / "bundle").mkdir()
+        yield stage_tmp / "bundle"
+
+
 def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
     reused = reusable_dropout_member(runner, stage)
     to_train = [k for k in range(stage.members) if not (k == 0 and reused)]
@@ -197,7 +212,7 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
         entry["export"] = {"members": exports,
                            "parity_max_abs_diff": max(e["parity_max_abs_diff"] for e in exports)}
         from export.bundle import build_bundle
-        with staged_directory(runner.run_dir / "bundle") as bundle:
+        with bundle_directory(runner, stage, tmp) as bundle:
             entry["bundle"] = build_bundle(
                 [tmp / "export" / f"member_{k}" / Path(e["onnx"]).name for k, e in enumerate(exports)], bundle,
                 calibration_images=as_images(splits.train_images[:CALIBRATION_IMAGES]),
