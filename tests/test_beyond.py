@@ -153,3 +153,12 @@ def test_its_bundle_lives_in_its_stage_and_the_inference_package_votes_like_the_
         assert accuracy == manifest["test_accuracy"]["float32"]
         assert accuracy == pytest.approx(entry["test_accuracy"], abs=1 / len(labels))  # a near tie may flip
 
+
+def test_the_report_shows_beyond_apart_with_its_vote_figure(beyond_run):
+    run_dir, entry = beyond_run
+    markdown = (run_dir / "report" / "report.md").read_text()
+    section = markdown.split("## Beyond the seed", 1)[1].split("\n## ", 1)[0]
+    assert f"| beyond | {entry['network']} |" in section and "(max_shift 2, max_rotation 12, max_zoom 0.1)" in section
+    assert "![beyond: test accuracy of each network and of their vote" in section
+    assert (run_dir / "report" / "vote_beyond.png").is_file()
+    assert f"mnist-predict --models {run_dir / 'stages' / 'beyond' / 'bundle'}" in markdown

@@ -163,3 +163,22 @@ def test_missing_stages_are_named_and_their_parts_skipped(partial):
     gallery = json.loads((run_dir / "report" / "gallery.json").read_text())
     assert gallery["stage"] == "baseline" and gallery["misclassified"] == np.flatnonzero(predicted != labels).tolist()
     assert "No ensemble vote in this run: these are the errors of baseline." in markdown
+
+
+def test_a_stage_beyond_the_seed_gets_its_own_section_vote_figure_and_bundle(tmp_path):
+    run_dir = make_run(tmp_path, stages=("baseline", "ensemble", "beyond"), save_models=False)
+    info = write_report(run_dir)
+    markdown = (run_dir / "report" / "report.md").read_text()
+    beyond = json.loads((run_dir / "summary.json").read_text())["stages"]["beyond"]
+    assert [row["Stage"] for row in markdown_table(markdown, "## Stages")] == ["baseline", "ensemble"]
+    [row] = markdown_table(markdown, "## Beyond the seed")
+    assert row["Stage"] == "beyond" and float(row["Test %"]) == pytest.approx(100 * beyond["test_accuracy"], abs=0.005)
+    assert row["Reference %"] == "99.67"
+    section = markdown.split("## Beyond the seed", 1)[1].split("\n## ", 1)[0]
+    assert "not part of SEED.md: 3 networks" in section and "published figure is 99.87 % (An et al. 2020" in section
+    assert "Beyond members (seed: validation % / test %): 0: " in section
+    assert {"vote_beyond.png", "curves_beyond.png"} <= set(info["images"]) and "beyond" not in info["combined_chart"]
+    assert info["gallery_stage"] == "ensemble"  # the progression's vote keeps the gallery
+    deploy = markdown.split("## Deploy", 1)[1].split("\n## ", 1)[0]
+    assert f"mnist-predict --models {run_dir / 'stages' / 'beyond' / 'bundle'} digit.png" in deploy
+    assert "holds its 3 networks and their vote" in deploy
