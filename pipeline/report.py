@@ -174,8 +174,8 @@ class _Report:
             self.add("p", f"{stage_id} is not part of SEED.md: {len(members)} networks {stage.get('network')} and "
                           f"their majority vote, trained on {stage.get('data')} data with augmentation on the fly "
                           f"({augmentation}). Its reference is the seed's best figure "
-                          f"({percent(stage.get('reference_accuracy'))} %), which it is meant to beat; the "
-                          f"published figure is {percent(published)} % ({source}). Cost: "
+                          f"({percent(stage.get('reference_accuracy'))} %), which it is meant to beat. The "
+                          f"published figure is {percent(published)} %: {source}. Cost: "
                           f"{duration(stage.get('wall_seconds'))} on this machine for "
                           f"{thousands(stage.get('trained_images'))} training images, "
                           f"{thousands(stage.get('train_images_per_second'))} images/s per network.")

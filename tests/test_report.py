@@ -175,7 +175,7 @@ def test_a_stage_beyond_the_seed_gets_its_own_section_vote_figure_and_bundle(tmp
     assert row["Stage"] == "beyond" and float(row["Test %"]) == pytest.approx(100 * beyond["test_accuracy"], abs=0.005)
     assert row["Reference %"] == "99.67"
     section = markdown.split("## Beyond the seed", 1)[1].split("\n## ", 1)[0]
-    assert "not part of SEED.md: 3 networks" in section and "published figure is 99.87 % (An et al. 2020" in section
+    assert "not part of SEED.md: 3 networks" in section and "published figure is 99.87 %: An et al. 2020" in section
     assert "Beyond members (seed: validation % / test %): 0: " in section
     assert {"vote_beyond.png", "curves_beyond.png"} <= set(info["images"]) and "beyond" not in info["combined_chart"]
     assert info["gallery_stage"] == "ensemble"  # the progression's vote keeps the gallery
