@@ -23,6 +23,21 @@ def reference_bias_init(seed=None):
     return keras.initializers.RandomNormal(stddev=1.0, seed=seed)
 
 
+def initializers(init: str, n_out: float, seed=None) -> tuple:
+    """(kernel, bias) initializers of a layer.
+
+    "reference": the reference's, N(0, sqrt(1 / n_out)) weights and N(0, 1)
+    biases. "he": He-normal weights (scaled by fan-in) and zero biases, how
+    ReLU networks start today; the reference's biases leave many ReLUs dead at
+    the start, and its networks learn visibly slower in their first epochs.
+    """
+    if init == "reference":
+        return reference_kernel_init(n_out, seed), reference_bias_init(None if seed is None else seed + 1)
+    if init == "he":
+        return keras.initializers.HeNormal(seed=seed), keras.initializers.Zeros()
+    raise ValueError(f"init must be reference or he, not {init!r}")
+
+
 @keras.saving.register_keras_serializable(package="mnist")
 class ConvPool(keras.layers.Layer):
     """Convolution, then non-overlapping pooling, then bias + activation.
@@ -33,22 +48,22 @@ class ConvPool(keras.layers.Layer):
     """
 
     def __init__(self, filters, kernel_size=5, pool_size=2, pooling="max", activation="sigmoid",
-                 strides=1, padding="valid", kernel_regularizer=None, seed=None, **kwargs):
+                 strides=1, padding="valid", kernel_regularizer=None, seed=None, init="reference", **kwargs):
         super().__init__(**kwargs)
         if pooling not in ("max", "l2"):
             raise ValueError(f"pooling must be 'max' or 'l2', not {pooling!r}")
         self.filters, self.kernel_size, self.pool_size = filters, kernel_size, pool_size
-        self.pooling, self.strides, self.padding, self.seed = pooling, strides, padding, seed
+        self.pooling, self.strides, self.padding, self.seed, self.init = pooling, strides, padding, seed, init
         self.activation = keras.activations.get(activation)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     def build(self, input_shape):
         n_out = self.filters * self.kernel_size ** 2 / self.pool_size ** 2
+        kernel_init, bias_init = initializers(self.init, n_out, self.seed)
         self.kernel = self.add_weight(
             name="kernel", shape=(self.kernel_size, self.kernel_size, input_shape[-1], self.filters),
-            initializer=reference_kernel_init(n_out, self.seed), regularizer=self.kernel_regularizer)
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer=reference_bias_init(
-            None if self.seed is None else self.seed + 1))
+            initializer=kernel_init, regularizer=self.kernel_regularizer)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer=bias_init)
 
     def call(self, inputs):
         z = ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding)
@@ -68,7 +83,7 @@ class ConvPool(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "pool_size": self.pool_size, "pooling": self.pooling, "strides": self.strides,
-                "padding": self.padding, "seed": self.seed,
+                "padding": self.padding, "seed": self.seed, "init": self.init,
                 "activation": keras.activations.serialize(self.activation),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)}
 

@@ -1,15 +1,17 @@
 """The one function that turns a network spec into a Keras model, and the loader for saved ones."""
 import keras
 
-from models.layers import ConvPool, ReplicaDropout, reference_bias_init, reference_kernel_init
+from models.layers import ConvPool, ReplicaDropout, initializers, reference_kernel_init
 from models.specs import IMAGE_SHAPE, NUM_CLASSES, BNConv, Conv, Network
 
 
-def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = "net") -> keras.Model:
+def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = "net",
+                  init: str = "reference") -> keras.Model:
     """A Sequential model: images [N, 28, 28, 1] in [0, 1] -> probabilities [N, 10].
 
     l2 is the Keras coefficient (the caller divides the reference lambda by
-    the batches per epoch); it applies to weights, never biases.
+    the batches per epoch); it applies to weights, never biases. init picks
+    the starting weights of conv-pool and dense layers (models.layers.initializers).
     """
     regularizer = keras.regularizers.L2(l2) if l2 else None
     layers = [keras.Input(IMAGE_SHAPE, name="images")]
@@ -21,17 +23,17 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
             continue
         if isinstance(spec, Conv):
             layers.append(ConvPool(spec.filters, spec.kernel_size, spec.pool_size, spec.pooling,
-                                   network.activation, spec.strides, spec.padding, regularizer, seed=next(seeds)))
+                                   network.activation, spec.strides, spec.padding, regularizer, seed=next(seeds),
+                                   init=init))
             continue
         if not flat:
             layers.append(keras.layers.Flatten())
             flat = True
         if network.dropout:
             layers.append(ReplicaDropout(network.dropout, seed=next(seeds)))
-        s = next(seeds)
-        layers.append(keras.layers.Dense(
-            spec.units, activation=network.activation, kernel_initializer=reference_kernel_init(spec.units, s),
-            bias_initializer=reference_bias_init(s + 1), kernel_regularizer=regularizer))
+        kernel_init, bias_init = initializers(init, spec.units, next(seeds))
+        layers.append(keras.layers.Dense(spec.units, activation=network.activation, kernel_initializer=kernel_init,
+                                         bias_initializer=bias_init, kernel_regularizer=regularizer))
     if not flat:
         layers.append(keras.layers.Flatten())
     if network.dropout:

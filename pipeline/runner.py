@@ -303,7 +303,7 @@ class Runner:
             schedule=value("schedule"), warmup_fraction=float(value("warmup_fraction")), lmbda=stage.lmbda,
             shuffle=bool(value("shuffle")), max_shift=int(value("max_shift")),
             max_rotation=float(value("max_rotation")), max_zoom=float(value("max_zoom")),
-            steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + seed_offset)
+            steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + seed_offset, init=value("init"))
 
     def training_images(self, stage: Stage) -> int:
         """How many images one epoch of the stage trains on."""

@@ -55,6 +55,7 @@ class TrainSettings:
     max_zoom: float = 0.0      # random scaling by 1 +- this
     steps_per_call: int = 100
     seed: int = 0
+    init: str = "reference"    # starting weights (models.layers.initializers)
     eval_batch_size: int = 1000
 
 
@@ -155,7 +156,7 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
 
     l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
     with strategy.scope():
-        model = build_network(network, l2=l2, seed=settings.seed)
+        model = build_network(network, l2=l2, seed=settings.seed, init=settings.init)
         optimizer = make_optimizer(settings, steps_per_epoch)
         optimizer.build(model.trainable_variables)  # before restore: keras-team/keras#19389
     best_weights = [tf.Variable(v.value, trainable=False) for v in model.weights]
@@ -246,7 +247,7 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     if is_multi_worker(strategy):
         # A model of this worker alone: Keras's predict on a multi-worker model gathers across workers, and what
         # the chief does with its model next (evaluate, export) the other workers do not do.
-        model = build_network(network, l2=l2, seed=settings.seed)
+        model = build_network(network, l2=l2, seed=settings.seed, init=settings.init)
     for current, saved in zip(model.weights, best_weights):
         current.assign(saved.value())
     ran = settings.epochs - resumed_from

@@ -58,6 +58,18 @@ def test_reference_initialisation_statistics():
     assert not softmax.kernel.numpy().any() and not softmax.bias.numpy().any()  # the softmax starts at zero
 
 
+def test_he_initialisation_scales_by_fan_in_with_zero_biases_and_survives_a_round_trip(tmp_path):
+    model = build_network(STAGE_BY_ID["dropout"].network, seed=3, init="he")
+    conv1, conv2 = [l for l in model.layers if isinstance(l, ConvPool)]
+    fc1000 = [l for l in model.layers if isinstance(l, keras.layers.Dense)][0]
+    assert np.std(conv2.kernel.numpy()) == pytest.approx(math.sqrt(2 / (20 * 25)), rel=0.05)  # fan-in 5x5x20
+    assert np.std(fc1000.kernel.numpy()) == pytest.approx(math.sqrt(2 / 640), rel=0.05)
+    assert not conv1.bias.numpy().any() and not fc1000.bias.numpy().any()
+    assert not model.get_layer("probabilities").kernel.numpy().any()  # the softmax still starts at zero
+    model.save(tmp_path / "he.keras")
+    assert load_model(tmp_path / "he.keras").layers[0].get_config()["init"] == "he"
+
+
 def test_dropout_only_on_inputs_of_fc_and_softmax_layers():
     model = build_network(STAGE_BY_ID["dropout"].network)
     kinds = [type(l).__name__ for l in model.layers]

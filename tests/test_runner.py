@@ -134,6 +134,7 @@ FAIL_FAST = "import sys, run_pipeline; sys.modules['tensorflow'] = None; sys.exi
     (["--stages", "conv1,conv9"], "error: Unknown step or stage conv9: choose from"),
     (["--set", "epochs.conv9=3"], "error: --set 'epochs.conv9=3': there is no stage 'conv9'"),
     (["--set", "batch_size=big"], "error: --set 'batch_size=big': expected a int, not 'big'."),
+    (["--set", "init.dropout=glorot"], "error: --set 'init.dropout=glorot': init is one of reference, he."),
 ])
 def test_a_mistake_fails_before_tensorflow_loads_and_leaves_nothing_behind(tmp_path, arguments, message):
     """TensorFlow is made unimportable: a check that reached it would fail with an ImportError instead."""
