@@ -1,7 +1,7 @@
 """The one function that turns a network spec into a Keras model, and the loader for saved ones."""
 import keras
 
-from models.layers import ConvPool, ReplicaDropout, initializers, reference_kernel_init
+from models.layers import ConvPool, ReplicaDropout, initializers
 from models.specs import IMAGE_SHAPE, NUM_CLASSES, BNConv, Conv, Network
 
 
@@ -11,7 +11,7 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
 
     l2 is the Keras coefficient (the caller divides the reference lambda by
     the batches per epoch); it applies to weights, never biases. init picks
-    the starting weights of conv-pool and dense layers (models.layers.initializers).
+    the starting weights of every layer (models.layers.initializers).
     """
     regularizer = keras.regularizers.L2(l2) if l2 else None
     layers = [keras.Input(IMAGE_SHAPE, name="images")]
@@ -19,7 +19,7 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
     flat = False
     for spec in network.hidden:
         if isinstance(spec, BNConv):
-            layers += bn_conv(spec, network.activation, regularizer, next(seeds))
+            layers += bn_conv(spec, network.activation, regularizer, next(seeds), init)
             continue
         if isinstance(spec, Conv):
             layers.append(ConvPool(spec.filters, spec.kernel_size, spec.pool_size, spec.pooling,
@@ -43,16 +43,17 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
     return keras.Sequential(layers, name=name)
 
 
-def bn_conv(spec: BNConv, activation: str, regularizer, seed: int) -> list:
+def bn_conv(spec: BNConv, activation: str, regularizer, seed: int, init: str) -> list:
     """Keras's own Conv2D (no bias), BatchNormalization, activation and, if asked, 2x2 max pooling.
 
-    The kernel starts as the reference's, N(0, sqrt(1 / n_out)), seeded like
-    every other layer; batch normalisation rescales whatever it starts as.
+    The kernel starts as `init` says, seeded like every other layer (Keras's
+    default would draw other weights every run); batch normalisation
+    rescales whatever it starts as.
     """
     n_out = spec.filters * spec.kernel_size ** 2 / spec.pool_size ** 2
+    kernel_init, _ = initializers(init, n_out, seed)  # no bias: batch normalisation's shift replaces it
     layers = [keras.layers.Conv2D(spec.filters, spec.kernel_size, padding=spec.padding, use_bias=False,
-                                  kernel_initializer=reference_kernel_init(n_out, seed),
-                                  kernel_regularizer=regularizer),
+                                  kernel_initializer=kernel_init, kernel_regularizer=regularizer),
               keras.layers.BatchNormalization(), keras.layers.Activation(activation)]
     return layers + ([keras.layers.MaxPooling2D(spec.pool_size)] if spec.pool_size > 1 else [])
 
