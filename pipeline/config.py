@@ -32,8 +32,9 @@ PRESETS = {
     "fast": {
         "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
         "warmup_fraction": 0.03,
-        "epochs": {"default": 15, "baseline": 30, "expanded": 3, "extra_fc": 5, "dropout": 3, "ensemble": 3},
-        "shuffle": True, "max_shift": 1, "max_rotation": on_relu_stages(10.0, otherwise=0.0),
+        "epochs": {"default": 15, "baseline": 30, "expanded": 3, "extra_fc": 5, "dropout": 3, "ensemble": 3,
+                   "beyond": 35},
+        "shuffle": True, "max_shift": {"default": 1, "beyond": 2}, "max_rotation": on_relu_stages(10.0, otherwise=0.0),
         "max_zoom": on_relu_stages(0.1, otherwise=0.0), "init": on_relu_stages("he", otherwise="reference"),
         # On a small training set (the 5,000-digit sample) epochs are raised to give every network at least
         # this many updates: the sigmoid networks sit at chance for their first ~650 (full MNIST gives 5,000+).

@@ -88,15 +88,20 @@ def run_single(runner, stage, output, checkpoint_dir, splits) -> dict:
     return entry
 
 
-def reusable_dropout_member(runner, stage):
-    """The `dropout` stage's network counts as the ensemble's member 0 when it was trained with this exact recipe."""
-    if stage.id != "ensemble":
-        return None
+def dropout_member_reusable(runner, stage) -> bool:
+    """Whether the `dropout` stage's network counts as the ensemble's member 0: trained with this exact recipe."""
     dropout = runner.summary.get("stages", {}).get("dropout", {})
-    path = runner.run_dir / "stages" / "dropout" / "model.keras"
-    same_recipe = dropout.get("settings") == dataclasses.asdict(runner.train_settings(stage))
-    if not (same_recipe and path.exists() and dropout.get("network") == stage.network.describe()):
+    return (stage.id == "ensemble" and dropout.get("settings") == dataclasses.asdict(runner.train_settings(stage))
+            and dropout.get("network") == stage.network.describe()
+            and (runner.run_dir / "stages" / "dropout" / "model.keras").exists())
+
+
+def reusable_dropout_member(runner, stage):
+    """The `dropout` stage's network as the ensemble's member 0, when dropout_member_reusable."""
+    if not dropout_member_reusable(runner, stage):
         return None
+    dropout = runner.summary["stages"]["dropout"]
+    path = runner.run_dir / "stages" / "dropout" / "model.keras"
     with open(path.parent / "history.csv") as stream:
         history = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(stream)]
     runner.log("  member 0 is the dropout stage's network (same recipe)")

@@ -9,6 +9,7 @@ directory that is renamed into place only when complete.
     expand    -> expanded/      (reads data/)
     <stage>   -> stages/<id>/   (reads data/ or expanded/, the stage spec and its settings)
     ensemble  -> stages/ensemble/, bundle/   (also reads stages/dropout/)
+    beyond    -> stages/beyond/ (its bundle in stages/beyond/bundle/; optional, run when named)
     report    -> report/        (reads everything above that exists)
 """
 import dataclasses
@@ -46,7 +47,7 @@ def dependencies(node: str) -> list[str]:
     if node in STAGE_BY_ID:
         stage = STAGE_BY_ID[node]
         needs = ["expand"] if stage.data == "expanded" else ["download"]
-        return needs + (["dropout"] if stage.members > 1 else [])
+        return needs + (["dropout"] if stage.id == "ensemble" else [])
     return []
 
 
@@ -201,8 +202,14 @@ class Runner:
         return self.trained_images(stage) * (stage.network.multiply_accumulates() + PER_IMAGE_OVERHEAD)
 
     def trained_images(self, stage: Stage) -> int:
-        """Images the stage trains on, counted once per network that sees them."""
-        return self.training_images(stage) * self.train_settings(stage).epochs * stage.members
+        """Images the stage trains on, counted once per network that sees them.
+
+        The ensemble's member 0 is the dropout stage's network when both have
+        the same recipe: trained once, it counts there.
+        """
+        from pipeline.modelstage import dropout_member_reusable
+        networks = stage.members - dropout_member_reusable(self, stage)
+        return self.training_images(stage) * self.train_settings(stage).epochs * networks
 
     def _download(self):
         output = self.run_dir / "data"
@@ -384,6 +391,6 @@ class Runner:
             self.log(f"WARNING: [{stage.id}] {entry['warning']}")
         self.summary.setdefault("stages", {})[stage.id] = entry
         self._record(stage.id, node_fingerprint, reads=["expanded/" if stage.data == "expanded" else "data/"],
-                     writes=[f"stages/{stage.id}/"] + (["bundle/"] if stage.members > 1 else []))
+                     writes=[f"stages/{stage.id}/"] + (["bundle/"] if stage.id == "ensemble" else []))
         self.log(f"[{stage.id}] test accuracy {entry['test_accuracy']:.4f} "
                  f"(reference {stage.reference:.4f}, {best_epochs(entry)})")

@@ -48,6 +48,7 @@ def test_download_and_expand_full_mnist_then_skip(capsys, tmp_path, as_url):
 def test_naming_a_stage_plans_what_it_needs():
     assert plan(["expanded"]) == ["download", "expand", "expanded"]
     assert plan(["ensemble"]) == ["download", "expand", "dropout", "ensemble"]
+    assert plan(["beyond"]) == ["download", "beyond"]
     assert plan(["report"]) == ["report"]
     with pytest.raises(PipelineError, match="Unknown step or stage nope"):
         plan(["nope"])
@@ -176,6 +177,9 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
         assert entry["evaluation"]["accuracy"] == pytest.approx(entry["test_accuracy"])
         assert entry["export"]["parity_max_abs_diff"] <= 1e-5
     assert len(summary["stages"]["ensemble"]["members"]) == 5
+    # Member 0 is the dropout stage's network (the same recipe): trained once, its images count there.
+    assert "member 0 is the dropout stage's network" in sample_run[1]
+    assert summary["stages"]["ensemble"]["trained_images"] == 4 * summary["stages"]["dropout"]["trained_images"]
     # Real digits: the networks that got 150 updates learn; the sigmoid ones that got 10 sit at chance, flagged.
     assert summary["stages"]["ensemble"]["test_accuracy"] > 0.7 and not summary["stages"]["ensemble"]["warning"]
     assert "near chance" in summary["stages"]["conv2"]["warning"]
