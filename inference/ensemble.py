@@ -95,7 +95,9 @@ def training_data_warning(directory: Path, manifest: dict) -> str:
     bundle trained on the 5,000-digit sample is far weaker than one trained on MNIST.
     """
     data = manifest.get("metadata", {}).get("data") or {}
-    run_data = directory.parent / "data" / "data.json"
+    # The run holding the bundle: <run>/bundle/, or <run>/stages/<id>/bundle/ for a voting stage beyond the seed.
+    run = directory.parents[2] if directory.parent.parent.name == "stages" else directory.parent
+    run_data = run / "data" / "data.json"
     if data.get("digest") and run_data.is_file() and json.loads(run_data.read_text()).get("digest") != data["digest"]:
         return ("This bundle is out of date: its run directory now holds other data than it was trained on; "
                 "rerun the ensemble stage.")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TRAIN
 from inference.artifacts import sha256
-from inference.ensemble import Ensemble
+from inference.ensemble import Ensemble, training_data_warning
 from export.fuse import member_output, vote_model
 from inference.vote import vote
 
@@ -102,3 +102,14 @@ def test_a_split_vote_or_a_low_probability_gets_a_warning():
     assert np.allclose(prediction.confidence, [0.9, 0.7, 0.4])
     assert prediction.warnings == ["", "Hard to read: only 3 of 5 networks voted 1.",
                                    "Hard to read: the networks give 1 a probability of only 40%."]
+
+
+@pytest.mark.parametrize("place", ["bundle", "stages/beyond/bundle"])
+def test_a_bundle_whose_run_holds_other_data_now_is_called_out_of_date(tmp_path, place):
+    """The run's bundle/ and a voting stage's stages/<id>/bundle/ both look at their run's data/."""
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "data.json").write_text(json.dumps({"digest": "new"}))
+    manifest = {"metadata": {"data": {"digest": "old"}}}
+    assert "out of date" in training_data_warning(run / place, manifest)
+    assert training_data_warning(run / place, {"metadata": {"data": {"digest": "new"}}}) == ""
