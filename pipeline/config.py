@@ -31,7 +31,7 @@ PRESETS = {
     # images, the reference's 10 million); the ReLU networks start from He weights and also see random
     # turns (up to 10 degrees) and zooms (up to 10%).
     "fast": {
-        "batch_size": 128, "optimizer": "adam", "learning_rate": {"default": 0.002, "conv1": 0.004},
+        "batch_size": {"default": 128, "conv1": 64}, "optimizer": "adam", "learning_rate": 0.002,
         "schedule": "warmup_cosine", "warmup_fraction": 0.03,
         "epochs": {"default": 15, "baseline": 30, "expanded": 3, "extra_fc": 5, "dropout": 3, "ensemble": 3,
                    "beyond": 35},
