@@ -308,6 +308,7 @@ class Runner:
             epochs=epochs, batch_size=int(value("batch_size")),
             optimizer=value("optimizer"), learning_rate=float(reference("learning_rate", stage.eta)),
             schedule=value("schedule"), warmup_fraction=float(value("warmup_fraction")), lmbda=stage.lmbda,
+            weight_decay=float(value("weight_decay")),
             shuffle=bool(value("shuffle")), max_shift=int(value("max_shift")),
             max_rotation=float(value("max_rotation")), max_zoom=float(value("max_zoom")),
             steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + seed_offset, init=value("init"))

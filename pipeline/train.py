@@ -49,6 +49,7 @@ class TrainSettings:
     schedule: str = "constant"  # or "warmup_cosine"
     warmup_fraction: float = 0.0
     lmbda: float = 0.0         # reference L2 parameter
+    weight_decay: float = 0.0  # decoupled weight decay (Adam with it is AdamW): weights shrink by lr x this a step
     shuffle: bool = False      # reshuffle every epoch (the reference does not)
     max_shift: int = 0         # random whole-pixel shifts per image per epoch
     max_rotation: float = 0.0  # random turns, in degrees either way
@@ -78,10 +79,11 @@ def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optim
             0.0 if warmup else rate, total - warmup, warmup_target=rate if warmup else None, warmup_steps=warmup)
     elif settings.schedule != "constant":
         raise ValueError(f"unknown schedule {settings.schedule!r}")
+    decay = settings.weight_decay or None
     if settings.optimizer == "sgd":
-        return keras.optimizers.SGD(rate)
+        return keras.optimizers.SGD(rate, weight_decay=decay)
     if settings.optimizer == "adam":
-        return keras.optimizers.Adam(rate)
+        return keras.optimizers.Adam(rate, weight_decay=decay)
     raise ValueError(f"unknown optimizer {settings.optimizer!r}")
 
 

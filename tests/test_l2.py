@@ -1,11 +1,12 @@
-"""The reference L2 term, 0.5 lambda sum(w^2) per mini-batch, reaches the gradient of the project's training step."""
+"""The reference L2 term, 0.5 lambda sum(w^2) per mini-batch, reaches the gradient of the project's training step;
+decoupled weight decay (the fast preset's AdamW) shrinks the weights apart from the gradient."""
 import numpy as np
 import tensorflow as tf
 
 from models import Dense, Network
 from models.networks import build_network
 from pipeline import sources
-from pipeline.train import TrainSettings, train
+from pipeline.train import TrainSettings, make_optimizer, train
 
 NETWORK = Network((Dense(30),))
 ETA, LMBDA = 0.5, 0.1
@@ -34,3 +35,16 @@ def test_the_l2_term_moves_each_weight_by_eta_lambda_w_and_leaves_biases_alone(t
         else:
             np.testing.assert_allclose(with_l2, without, atol=1e-7)
     assert kernels == 2
+
+
+def test_weight_decay_shrinks_every_variable_by_rate_times_decay_whatever_the_gradient():
+    """Adam with weight_decay is AdamW: the decay is not part of the loss, so a zero gradient still shrinks."""
+    for optimizer in ("adam", "sgd"):
+        settings = TrainSettings(epochs=1, batch_size=10, optimizer=optimizer, learning_rate=0.01, weight_decay=0.05)
+        variable = tf.Variable([1.0, -2.0, 4.0])
+        make_optimizer(settings, steps_per_epoch=1).apply_gradients([(tf.zeros(3), variable)])
+        np.testing.assert_allclose(variable.numpy(), np.array([1.0, -2.0, 4.0]) * (1 - 0.01 * 0.05), rtol=1e-6)
+        untouched = tf.Variable([1.0, -2.0, 4.0])
+        make_optimizer(TrainSettings(epochs=1, batch_size=10, optimizer=optimizer, learning_rate=0.01),
+                       steps_per_epoch=1).apply_gradients([(tf.zeros(3), untouched)])
+        np.testing.assert_array_equal(untouched.numpy(), [1.0, -2.0, 4.0])
