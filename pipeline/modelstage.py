@@ -32,11 +32,11 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=-1) == labels).mean())
 
 
-def train_member(runner, stage, splits, checkpoint_dir: Path, seed_offset: int = 0, log=None,
+def train_member(runner, stage, splits, checkpoint_dir: Path, member: int = 0, log=None,
                  queued_after: int = 0) -> Trained:
-    return train(stage.network, splits, stage.data, runner.train_settings(stage, seed_offset), runner.strategy,
+    return train(stage.network, splits, stage.data, runner.train_settings(stage, member), runner.strategy,
                  checkpoint_dir, log=log or runner.log, train_limit=runner.settings["train_limit"],
-                 tensorboard_dir=runner.run_dir / "tensorboard" / stage.id / f"seed_{seed_offset}",
+                 tensorboard_dir=runner.run_dir / "tensorboard" / stage.id / f"member_{member}",
                  queued_after=queued_after)
 
 
@@ -181,7 +181,7 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
 
     def job(position, k):
         log = lambda text: runner.log(f"  [member {k}]{text}")
-        return lambda: train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", seed_offset=k, log=log,
+        return lambda: train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", member=k, log=log,
                                     queued_after=rounds - 1 - position // workers)
 
     members = ([reused] if reused else []) + run_concurrently(

@@ -34,6 +34,8 @@ STEPS = ("download", "expand", "report")
 DEFAULT_NODES = ["download", "expand"] + [s.id for s in STAGES if not s.optional] + ["report"]
 SPLIT_NAMES = [f"{part}_{kind}" for part in ("train", "validation", "test") for kind in ("images", "labels")]
 SHARD_SIZE = 50_000
+# Member k of a voting stage trains with seed + k x this: runs with base seeds 0, 1, 2 share no network.
+MEMBER_SEED_STRIDE = 1000
 # What training an image costs whatever the network (input pipeline, optimizer, small kernels), in
 # multiply-accumulates' worth of time: the fc100 baseline (79k MACs) trains 4x, not 40x, faster per
 # image than the stage-6 network (3.2M MACs) on this CPU (58 s for 1.5M images against 250 s).
@@ -298,7 +300,8 @@ class Runner:
         self.log(f"[report] {self.run_dir / 'report' / 'report.html'}")
 
     # -- model stages -----------------------------------------------------------------------------
-    def train_settings(self, stage: Stage, seed_offset: int = 0):
+    def train_settings(self, stage: Stage, member: int = 0):
+        """One network's training settings; member k of a voting stage is seeded MEMBER_SEED_STRIDE x k apart."""
         from pipeline.train import TrainSettings
         value = lambda key: config.for_stage(self.settings, key, stage.id)
         reference = lambda key, own: own if value(key) == "reference" else value(key)
@@ -311,7 +314,8 @@ class Runner:
             weight_decay=float(value("weight_decay")),
             shuffle=bool(value("shuffle")), max_shift=int(value("max_shift")),
             max_rotation=float(value("max_rotation")), max_zoom=float(value("max_zoom")),
-            steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + seed_offset, init=value("init"))
+            steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + MEMBER_SEED_STRIDE * member,
+            init=value("init"))
 
     def training_images(self, stage: Stage) -> int:
         """How many images one epoch of the stage trains on."""

@@ -177,6 +177,8 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
         assert entry["evaluation"]["accuracy"] == pytest.approx(entry["test_accuracy"])
         assert entry["export"]["parity_max_abs_diff"] <= 1e-5
     assert len(summary["stages"]["ensemble"]["members"]) == 5
+    seeds = {member["seed"] for member in summary["stages"]["ensemble"]["members"]}
+    assert len(seeds) == 5 and not seeds & {seed + 1 for seed in seeds}  # a run with --set seed=1 shares no network
     # Member 0 is the dropout stage's network (the same recipe): trained once, its images count there.
     assert "member 0 is the dropout stage's network" in sample_run[1]
     assert summary["stages"]["ensemble"]["trained_images"] == 4 * summary["stages"]["dropout"]["trained_images"]
