@@ -208,7 +208,8 @@ def main(argv=None) -> dict:
         macs = stage.network.multiply_accumulates()
         limit = peak / (3 * 2 * macs)
         for preset in (fast,) if stage.members > 1 else (seed, fast):
-            batch, optimizer, steps_per_call = preset["batch_size"], preset["optimizer"], preset["steps_per_call"]
+            batch, optimizer, steps_per_call = (config.for_stage(preset, key, stage_id)
+                                                for key in ("batch_size", "optimizer", "steps_per_call"))
             prepared = {name: prepare(stage, batch, optimizer, args.images, args.repeats, steps_per_call)
                         for name, prepare in methods(stage, compared).items()}
             rates = take_turns(prepared, args.images // batch * batch, args.repeats)

@@ -1,4 +1,4 @@
-"""The training benchmark's fused ensemble computes what its five members compute."""
+"""The training benchmark: its fused ensemble computes what its five members compute; it follows the presets."""
 import numpy as np
 import pytest
 
@@ -21,3 +21,14 @@ def test_fused_members_compute_what_the_members_compute(grouped_conv2):
 
     fused = fused_members(members, grouped_conv2)
     np.testing.assert_allclose(fused(images, training=False), expected, atol=1e-5)
+
+
+def test_the_benchmark_times_each_stage_at_its_own_preset_batch(tmp_path):
+    """A preset may set the batch per stage (the fast preset trains conv1 at 64): the benchmark takes the stage's."""
+    from benchmarks.train_throughput import main
+    from pipeline import config
+    result = main(["--stages", "conv1", "--images", "640", "--repeats", "1", "--compare", "",
+                   "--out", str(tmp_path / "throughput.json")])
+    batches = [row["batch"] for row in result["rows"]]
+    assert batches == [config.for_stage(config.PRESETS[name], "batch_size", "conv1") for name in ("seed", "fast")]
+    assert all(row["images_per_second_median"] > 0 for row in result["rows"])
