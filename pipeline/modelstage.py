@@ -115,7 +115,7 @@ def members_at_once(runner, count: int) -> int:
 
     On CPU under the default strategy, one per core, up to the count: small
     kernels leave cores idle, and a second network fills them (benchmarks/
-    train_throughput.py, 2 cores: 1.25x at batch 10, 1.03x at batch 128). Under Mirrored
+    train_throughput.py, 2 cores: 1.25x at batch 10, 1.10x at batch 128). Under Mirrored
     (GPUs) one member already uses every device, and under MultiWorker every
     worker must issue the same collectives in the same order, so members go
     one after another.
