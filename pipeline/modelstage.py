@@ -1,7 +1,7 @@
 """One model stage: train, evaluate and export its best network; for a voting stage, its networks and their vote.
 
 Reads the prepared splits; writes stages/<id>/ and a voting stage's bundle
-(bundle/ for the ensemble, stages/<id>/bundle/ for any other) through
+(the run's bundle/ or stages/<id>/bundle/, as its Stage row says) through
 temporary directories, so a stage is complete or absent.
 Training state lives in a checkpoint directory until the stage is complete,
 so a killed stage resumes where it stopped.
@@ -88,26 +88,26 @@ def run_single(runner, stage, output, checkpoint_dir, splits) -> dict:
     return entry
 
 
-def dropout_member_reusable(runner, stage) -> bool:
-    """Whether the `dropout` stage's network counts as the ensemble's member 0: trained with this exact recipe."""
-    dropout = runner.summary.get("stages", {}).get("dropout", {})
-    return (stage.id == "ensemble" and dropout.get("settings") == dataclasses.asdict(runner.train_settings(stage))
-            and dropout.get("network") == stage.network.describe()
-            and (runner.run_dir / "stages" / "dropout" / "model.keras").exists())
+def member_zero_reusable(runner, stage) -> bool:
+    """Whether stage.member_zero_from's network counts as the stage's member 0: trained with this exact recipe."""
+    source = runner.summary.get("stages", {}).get(stage.member_zero_from, {}) if stage.member_zero_from else {}
+    return (source.get("settings") == dataclasses.asdict(runner.train_settings(stage))
+            and source.get("network") == stage.network.describe()
+            and (runner.run_dir / "stages" / stage.member_zero_from / "model.keras").exists())
 
 
-def reusable_dropout_member(runner, stage):
-    """The `dropout` stage's network as the ensemble's member 0, when dropout_member_reusable."""
-    if not dropout_member_reusable(runner, stage):
+def reusable_member_zero(runner, stage):
+    """stage.member_zero_from's network as the stage's member 0, when member_zero_reusable."""
+    if not member_zero_reusable(runner, stage):
         return None
-    dropout = runner.summary["stages"]["dropout"]
-    path = runner.run_dir / "stages" / "dropout" / "model.keras"
+    source = runner.summary["stages"][stage.member_zero_from]
+    path = runner.run_dir / "stages" / stage.member_zero_from / "model.keras"
     with open(path.parent / "history.csv") as stream:
         history = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(stream)]
-    runner.log("  member 0 is the dropout stage's network (same recipe)")
-    return Trained(model=load_model(path), history=history, best_epoch=dropout["best_epoch"],
-                   best_val_accuracy=dropout["val_accuracy"],
-                   images_per_second=dropout["train_images_per_second"])
+    runner.log(f"  member 0 is the {stage.member_zero_from} stage's network (same recipe)")
+    return Trained(model=load_model(path), history=history, best_epoch=source["best_epoch"],
+                   best_val_accuracy=source["val_accuracy"],
+                   images_per_second=source["train_images_per_second"])
 
 
 def members_at_once(runner, count: int) -> int:
@@ -161,8 +161,8 @@ def run_concurrently(jobs: list, workers: int) -> list:
 
 @contextlib.contextmanager
 def bundle_directory(runner, stage, stage_tmp: Path):
-    """Where a voting stage's bundle goes: the ensemble's is the run's bundle/, any other's stays in its stage."""
-    if stage.id == "ensemble":
+    """Where a voting stage's bundle goes: the run's bundle/ (Stage.run_bundle), else its stage's own."""
+    if stage.run_bundle:
         with staged_directory(runner.run_dir / "bundle") as bundle:
             yield bundle
     else:
@@ -171,7 +171,7 @@ def bundle_directory(runner, stage, stage_tmp: Path):
 
 
 def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
-    reused = reusable_dropout_member(runner, stage)
+    reused = reusable_member_zero(runner, stage)
     to_train = [k for k in range(stage.members) if not (k == 0 and reused)]
     workers = members_at_once(runner, len(to_train))
     if to_train:

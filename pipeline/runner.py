@@ -49,7 +49,7 @@ def dependencies(node: str) -> list[str]:
     if node in STAGE_BY_ID:
         stage = STAGE_BY_ID[node]
         needs = ["expand"] if stage.data == "expanded" else ["download"]
-        return needs + (["dropout"] if stage.id == "ensemble" else [])
+        return needs + ([stage.member_zero_from] if stage.member_zero_from else [])
     return []
 
 
@@ -206,11 +206,11 @@ class Runner:
     def trained_images(self, stage: Stage) -> int:
         """Images the stage trains on, counted once per network that sees them.
 
-        The ensemble's member 0 is the dropout stage's network when both have
-        the same recipe: trained once, it counts there.
+        A voting stage's member 0 is another stage's network when both have
+        the same recipe (Stage.member_zero_from): trained once, it counts there.
         """
-        from pipeline.modelstage import dropout_member_reusable
-        networks = stage.members - dropout_member_reusable(self, stage)
+        from pipeline.modelstage import member_zero_reusable
+        networks = stage.members - member_zero_reusable(self, stage)
         return self.training_images(stage) * self.train_settings(stage).epochs * networks
 
     def _download(self):
@@ -396,6 +396,6 @@ class Runner:
             self.log(f"WARNING: [{stage.id}] {entry['warning']}")
         self.summary.setdefault("stages", {})[stage.id] = entry
         self._record(stage.id, node_fingerprint, reads=["expanded/" if stage.data == "expanded" else "data/"],
-                     writes=[f"stages/{stage.id}/"] + (["bundle/"] if stage.id == "ensemble" else []))
+                     writes=[f"stages/{stage.id}/"] + (["bundle/"] if stage.run_bundle else []))
         self.log(f"[{stage.id}] test accuracy {entry['test_accuracy']:.4f} "
                  f"(reference {stage.reference:.4f}, {best_epochs(entry)})")

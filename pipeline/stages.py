@@ -1,5 +1,5 @@
 """The progression of SEED.md as one table. A new stage is one more row."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models import BNConv, Conv, Dense, Network
 
@@ -15,6 +15,11 @@ class Stage:
     reference: float     # reference test accuracy, a fraction
     members: int = 1     # >1: a voting ensemble of this recipe
     optional: bool = False  # side results: run only when named
+    # Wiring, not recipe: left out of repr, which fingerprints the recipe (runner._stage_fingerprint).
+    member_zero_from: str = field(default="", repr=False)  # a stage whose network, when trained with this exact
+    #                                                         recipe, is member 0 (trained once, counted there)
+    run_bundle: bool = field(default=False, repr=False)    # its bundle is the run's bundle/, which mnist-predict
+    #                                                         and mnist-serve load
 
 
 SIGMOID_CONV2 = (Conv(20), Conv(40), Dense(100))
@@ -35,7 +40,8 @@ STAGES = [
     Stage("expanded", RELU_CONV2, "expanded", 0.03, 0.1, 60, 0.9937),
     Stage("extra_fc", RELU_EXTRA_FC, "expanded", 0.03, 0.1, 60, 0.9943),
     Stage("dropout", DROPOUT_NET, "expanded", 0.03, 0.0, 40, 0.9960),
-    Stage("ensemble", DROPOUT_NET, "expanded", 0.03, 0.0, 40, 0.9967, members=5),
+    Stage("ensemble", DROPOUT_NET, "expanded", 0.03, 0.0, 40, 0.9967, members=5, member_zero_from="dropout",
+          run_bundle=True),
     # Side results of SEED.md, run only when named in --stages.
     Stage("expanded_fc300", Network((Conv(20), Conv(40), Dense(300)), "relu"), "expanded", 0.03, 0.1, 60, 0.9946, optional=True),
     Stage("expanded_fc1000", Network((Conv(20), Conv(40), Dense(1000)), "relu"), "expanded", 0.03, 0.1, 60, 0.9943, optional=True),

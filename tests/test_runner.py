@@ -1,5 +1,6 @@
 """The runner and CLI: skipping what is done, refusing a second run, clear errors, nothing half-written."""
 import contextlib
+import dataclasses
 import fcntl
 import io
 import json
@@ -16,6 +17,7 @@ import run_pipeline
 from pipeline import config
 from pipeline.errors import PipelineError
 from pipeline.runner import plan
+from pipeline.stages import STAGE_BY_ID
 from tests.test_sources import SHARED_MNIST, make_mirror, needs_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +54,12 @@ def test_naming_a_stage_plans_what_it_needs():
     assert plan(["report"]) == ["report"]
     with pytest.raises(PipelineError, match="Unknown step or stage nope"):
         plan(["nope"])
+
+
+def test_a_stages_wiring_is_not_part_of_its_recipe_fingerprint():
+    """Where member 0 and the bundle come from changes no network: a finished run must not retrain for it."""
+    ensemble = STAGE_BY_ID["ensemble"]
+    assert repr(dataclasses.replace(ensemble, member_zero_from="", run_bundle=False)) == repr(ensemble)
 
 
 def test_a_second_concurrent_run_is_refused(capsys, tmp_path):
