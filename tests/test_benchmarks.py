@@ -1,4 +1,7 @@
-"""The training benchmark: its fused ensemble computes what its five members compute; it follows the presets."""
+"""The training benchmark: its fused ensemble computes what its five members compute; it follows the presets.
+The vote ceiling: pooled networks vote as counted by hand."""
+import json
+
 import numpy as np
 import pytest
 
@@ -32,3 +35,30 @@ def test_the_benchmark_times_each_stage_at_its_own_preset_batch(tmp_path):
     batches = [row["batch"] for row in result["rows"]]
     assert batches == [config.for_stage(config.PRESETS[name], "batch_size", "conv1") for name in ("seed", "fast")]
     assert all(row["images_per_second_median"] > 0 for row in result["rows"])
+
+
+def fake_run(root, name: str, correct: np.ndarray, labels: np.ndarray):
+    """A run directory whose networks answer each test digit right where `correct` [networks, digits] says."""
+    wrong_class = (labels + 1) % 10
+    answers = np.where(correct, labels, wrong_class)
+    probabilities = np.eye(10, dtype=np.float32)[answers] * 0.9 + 0.01
+    (root / name / "stages" / "ensemble").mkdir(parents=True)
+    (root / name / "data").mkdir()
+    np.save(root / name / "stages" / "ensemble" / "member_probabilities.npy", probabilities)
+    np.save(root / name / "data" / "test_labels.npy", labels)
+    return root / name
+
+
+def test_the_vote_ceiling_pools_the_networks_of_several_runs(tmp_path):
+    """Five networks in two runs; digit 1 is right only for networks a1 and b2, so 3 of the 10 votes of 3 get it."""
+    from benchmarks.vote_ceiling import main
+    labels = np.array([3, 5, 7])
+    a = fake_run(tmp_path, "a", np.array([[1, 0, 1], [0, 1, 1]], bool), labels)
+    b = fake_run(tmp_path, "b", np.array([[1, 0, 1], [1, 0, 1], [1, 1, 1]], bool), labels)
+    result = main([str(a), str(b), "--size", "3", "--out", str(tmp_path / "ceiling.json")])
+    assert [run["networks"] for run in result["runs"]] == [[2 / 3, 2 / 3], [2 / 3, 2 / 3, 1.0]]
+    assert result["vote_of_pool"] == 2 / 3 and result["digits_most_networks_miss"] == 1
+    spread = result["vote_of_size"]
+    assert spread["choices"] == 10 and (spread["min"], spread["max"]) == (2 / 3, 1.0)
+    assert spread["mean"] == pytest.approx((3 * 1.0 + 7 * 2 / 3) / 10)
+    assert json.loads((tmp_path / "ceiling.json").read_text()) == result
