@@ -60,9 +60,12 @@ class Arrays:
         return tf.cast(tf.gather(self.images, index), tf.float32)[..., None] / 255.0, tf.gather(self.labels, index)
 
     def training(self, batch_size: int, first_epoch: int, last_epoch: int, *, shuffle: bool, seed: int,
-                 max_shift: int = 0, max_rotation: float = 0.0, max_zoom: float = 0.0,
+                 max_shift: int = 0, max_rotation: float = 0.0, max_zoom: float = 0.0, shift_only_from: int = 0,
                  input_context=None) -> tf.data.Dataset:
         """Epochs first_epoch..last_epoch back to back, full batches only.
+
+        From epoch shift_only_from on (0: never) the images are only shifted, no longer turned or zoomed:
+        the last, slowest-learning steps fit digits of the test set's own geometry.
 
         With an input_context (tf.distribute), each input pipeline takes its
         own share of every epoch and batch_size is the per-replica size.
@@ -76,7 +79,11 @@ class Arrays:
                 images, labels = self.gather(index)
                 if max_shift or max_rotation or max_zoom:
                     batch_seed = tf.stack([tf.constant(seed, tf.int64), epoch * BATCH_SEED_STRIDE + number])
-                    images = random_transform(images, batch_seed, max_shift, max_rotation, max_zoom)
+                    transform = lambda: random_transform(images, batch_seed, max_shift, max_rotation, max_zoom)
+                    if shift_only_from and (max_rotation or max_zoom):
+                        shift = lambda: random_transform(images, batch_seed, max_shift)
+                        return tf.cond(epoch < shift_only_from, transform, shift), labels
+                    return transform(), labels
                 return images, labels
 
             batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)

@@ -54,6 +54,7 @@ class TrainSettings:
     max_shift: int = 0         # random whole-pixel shifts per image per epoch
     max_rotation: float = 0.0  # random turns, in degrees either way
     max_zoom: float = 0.0      # random scaling by 1 +- this
+    shift_only_last_epochs: int = 0  # the last epochs see shifts only: no turns or zooms
     steps_per_call: int = 100
     seed: int = 0
     init: str = "reference"    # starting weights (models.layers.initializers)
@@ -68,6 +69,11 @@ class Trained:
     best_val_accuracy: float = 0.0
     images_per_second: float = 0.0
     resumed_from_epoch: int = 0
+
+
+def shift_only_from(settings: TrainSettings) -> int:
+    """The first epoch without turns and zooms (0: none)."""
+    return settings.epochs - settings.shift_only_last_epochs + 1 if settings.shift_only_last_epochs else 0
 
 
 def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -209,7 +215,7 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     batches = iter(strategy.distribute_datasets_from_function(lambda ctx: training.training(
         ctx.get_per_replica_batch_size(global_batch), resumed_from + 1, settings.epochs, shuffle=settings.shuffle,
         seed=settings.seed, max_shift=settings.max_shift, max_rotation=settings.max_rotation,
-        max_zoom=settings.max_zoom, input_context=ctx)))
+        max_zoom=settings.max_zoom, shift_only_from=shift_only_from(settings), input_context=ctx)))
     # Each network's functions are traced once, up front, for their input specs. A run trains a dozen
     # networks, each with functions of its own: traced on first call instead, TensorFlow counts them
     # all as one function retraced again and again, and warns.

@@ -62,3 +62,13 @@ def test_augmented_epochs_are_repeatable_and_differ_between_epochs():
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(first[0], first[2])  # the same images, another epoch: other turns
+
+
+def test_the_shift_only_epochs_stop_turning_and_zooming_and_only_those():
+    rng = np.random.default_rng(2)
+    data = Arrays(rng.integers(1, 256, (32, 28, 28), dtype=np.uint8), rng.integers(0, 10, 32))
+    batches = [x.numpy() for x, _ in data.training(32, 1, 3, shuffle=False, seed=4, max_shift=1, max_rotation=10.0,
+                                                   max_zoom=0.1, shift_only_from=3)]
+    source = np.append(data.images.numpy() / 255.0, 0.0).astype(np.float32)
+    exact = [np.isin(batch, source).mean() for batch in batches]  # a whole-pixel shift keeps every value
+    assert exact[2] == 1.0 and max(exact[:2]) < 0.5
