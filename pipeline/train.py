@@ -72,8 +72,8 @@ class Trained:
 
 
 def shift_only_from(settings: TrainSettings) -> int:
-    """The first epoch without turns and zooms (0: none)."""
-    return settings.epochs - settings.shift_only_last_epochs + 1 if settings.shift_only_last_epochs else 0
+    """The first epoch without turns and zooms (0: none; asking for more epochs than there are means all)."""
+    return max(1, settings.epochs - settings.shift_only_last_epochs + 1) if settings.shift_only_last_epochs else 0
 
 
 def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optimizers.Optimizer:

@@ -216,3 +216,11 @@ def test_the_time_left_counts_the_networks_queued_after_this_one(sample, tmp_pat
     epochs = [line for line in lines if "epoch" in line and "left" in line]
     # epoch 1 of 3 with two more 3-epoch networks queued: (2 + 2 x 3) epochs of 2 s are left.
     assert [line.rsplit("~", 1)[1] for line in epochs] == ["16 s left", "14 s left", "12 s left"]
+
+
+@pytest.mark.parametrize("last, first", [(0, 0), (1, 3), (3, 1), (4, 1)])
+def test_the_shift_only_epochs_are_the_last_ones_asked_for(last, first):
+    from pipeline.train import TrainSettings, shift_only_from
+    settings = TrainSettings(epochs=3, batch_size=128, optimizer="adam", learning_rate=0.002,
+                             shift_only_last_epochs=last)
+    assert shift_only_from(settings) == first
