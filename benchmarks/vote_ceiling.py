@@ -12,7 +12,6 @@ networks get wrong stay wrong.
 """
 import argparse
 import itertools
-import json
 import math
 from pathlib import Path
 

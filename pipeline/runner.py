@@ -314,7 +314,8 @@ class Runner:
             weight_decay=float(value("weight_decay")),
             shuffle=bool(value("shuffle")), max_shift=int(value("max_shift")),
             max_rotation=float(value("max_rotation")), max_zoom=float(value("max_zoom")),
-            shift_only_last_epochs=int(value("shift_only_last_epochs")), steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + MEMBER_SEED_STRIDE * member,
+            shift_only_last_epochs=int(value("shift_only_last_epochs")),
+            steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + MEMBER_SEED_STRIDE * member,
             init=value("init"))
 
     def training_images(self, stage: Stage) -> int:
