@@ -239,7 +239,8 @@ def phases(models: Path, threads: int, calls: int) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"Source: {result['source']}; {result['threads']} ONNX Runtime threads on {result['cpus']} CPUs; "
-             f"load average {result['load_average_before'][0]:.2f} before, {result['load_average_after'][0]:.2f} after.",
+             f"load average {result['load_average_before'][0]:.2f} before, "
+             f"{result['load_average_after'][0]:.2f} after.",
              "", "| path | img/s at batch 256 (x in-process) | 1 image, concurrency 1: p50 / p99 ms (x) "
              "| concurrency 8: p50 / p99 ms (x) |", "|---|---:|---:|---:|"]
     for row in result["rows"]:
@@ -249,8 +250,8 @@ def markdown(result: dict) -> str:
                      + " | ".join(cells) + " |")
     floor = result["round_trip_without_inference_ms"]
     lines += ["", f"A round trip with no inference (is the server ready?), p50: gRPC {floor['grpc']:.2f} ms, "
-                  f"REST {floor['rest']:.2f} ms.", "", "Server steps, median ms (no network):", "", "| request | decode | validate | onnxruntime | respond |",
-              "|---|---:|---:|---:|---:|"]
+                  f"REST {floor['rest']:.2f} ms.", "", "Server steps, median ms (no network):", "",
+              "| request | decode | validate | onnxruntime | respond |", "|---|---:|---:|---:|---:|"]
     for name, steps in result["server_phases_ms"].items():
         lines.append(f"| {name} | " + " | ".join(f"{steps[s]:.3f}" for s in ("decode", "validate", "onnxruntime",
                                                                           "respond")) + " |")

@@ -364,7 +364,8 @@ def edges(labels: np.ndarray, stats: np.ndarray) -> np.ndarray:
 
 
 def lines(stats: np.ndarray, shape: tuple) -> np.ndarray:
-    """Which components (bool per label) are lines: along LINE_SPAN of the picture, LINE_ASPECT times longer than wide."""
+    """Which components (bool per label) are lines: along LINE_SPAN of the picture, LINE_ASPECT times longer
+    than wide."""
     height, width = shape
     w, h = stats[:, 2], stats[:, 3]
     line = ((w > LINE_SPAN * width) | (h > LINE_SPAN * height)) & (np.maximum(w, h) > LINE_ASPECT * np.minimum(w, h))

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="PNG/JPEG images, .npy arrays, IDX files (raw or .gz), or directories of them")
     parser.add_argument("--mode", choices=MODES, default="vote",
                         help="vote: majority, a tie to the highest mean probability (default); mean: highest mean")
-    parser.add_argument("--separate", action="store_true", help="run the member sessions one by one, not the fused graph")
+    parser.add_argument("--separate", action="store_true",
+                        help="run the member sessions one by one, not the fused graph")
     parser.add_argument("--int8", action="store_true", help="use the statically quantised int8 networks")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all CPUs)")
     args = parser.parse_args(argv)

@@ -241,7 +241,8 @@ class Runner:
 
     def _mark_out_of_date(self, why: str):
         """New data: every finished stage (and so the bundle and report) was trained on the old; never mix them."""
-        stale = [stage_id for stage_id, entry in self.summary.get("stages", {}).items() if entry.get("status") == "done"]
+        stale = [stage_id for stage_id, entry in self.summary.get("stages", {}).items()
+                 if entry.get("status") == "done"]
         for stage_id in stale:
             self.summary["stages"][stage_id].update(status="out of date", out_of_date=why)
         if stale:

@@ -34,7 +34,8 @@ def harden_rest(app: FastAPI, max_body: int) -> None:
 
 def use_numpy_over_grpc() -> None:
     if converters.inject_raw is not raw.inject_raw:
-        raise RuntimeError("mlserver.grpc.converters.inject_raw is not MLServer 1.7.1's: check inference.serve.transport.")
+        raise RuntimeError("mlserver.grpc.converters.inject_raw is not MLServer 1.7.1's: "
+                           "check inference.serve.transport.")
     converters.inject_raw = numpy_raw_inputs
 
 
