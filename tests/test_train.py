@@ -17,7 +17,7 @@ from pipeline import sources, strategy as strategies
 from pipeline.errors import PipelineError
 from pipeline.modelstage import members_at_once, run_concurrently
 from pipeline.stages import STAGE_BY_ID
-from pipeline.train import TrainSettings, train
+from pipeline.train import TrainSettings, shift_only_from, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,7 +220,6 @@ def test_the_time_left_counts_the_networks_queued_after_this_one(sample, tmp_pat
 
 @pytest.mark.parametrize("last, first", [(0, 0), (1, 3), (3, 1), (4, 1)])
 def test_the_shift_only_epochs_are_the_last_ones_asked_for(last, first):
-    from pipeline.train import TrainSettings, shift_only_from
     settings = TrainSettings(epochs=3, batch_size=128, optimizer="adam", learning_rate=0.002,
                              shift_only_last_epochs=last)
     assert shift_only_from(settings) == first
