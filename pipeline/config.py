@@ -23,14 +23,15 @@ PRESETS = {
         "batch_size": 10, "optimizer": "sgd", "learning_rate": "reference", "schedule": "constant",
         "warmup_fraction": 0.0, "epochs": "reference", "shuffle": False, "max_shift": 0,
         "max_rotation": 0.0, "max_zoom": 0.0, "shift_only_last_epochs": 0, "init": "reference", "weight_decay": 0.0,
-        "steps_per_call": 100, "train_limit": 0, "min_steps": 0, "seed": 0, "strategy": "auto",
-        "parallel_members": "auto",
+        "chain_members": False, "steps_per_call": 100, "train_limit": 0, "min_steps": 0, "seed": 0,
+        "strategy": "auto", "parallel_members": "auto",
     },
     # The same networks and data, trained the modern way: Adam, warm-up + cosine, reshuffling, larger
     # batches, random 1-pixel shifts on the fly, and far fewer epochs (a stage-6 network sees 750,000
     # images, the reference's 10 million); the ReLU networks start from He weights and also see random
-    # turns (up to 10 degrees) and zooms (up to 10%); the stage-6 networks' weights decay (AdamW), and their
-    # last epoch is shifts only (no turns or zooms).
+    # turns (up to 10 degrees) and zooms (up to 10%); the stage-6 networks' weights decay (AdamW), their
+    # last epoch is shifts only (no turns or zooms), and each ensemble member after the first starts from
+    # the one before it.
     "fast": {
         "batch_size": {"default": 128, "conv1": 64}, "optimizer": "adam", "learning_rate": 0.002,
         "schedule": "warmup_cosine", "warmup_fraction": 0.03,
@@ -41,6 +42,7 @@ PRESETS = {
         "shift_only_last_epochs": {"default": 0, "dropout": 1, "ensemble": 1},
         "init": on_relu_stages("he", otherwise="reference"),
         "weight_decay": {"default": 0.0, "dropout": 0.05, "ensemble": 0.05},
+        "chain_members": {"default": False, "ensemble": True},
         # On a small training set (the 5,000-digit sample) epochs are raised to give every network at least
         # this many updates: the sigmoid networks sit at chance for their first ~650 (full MNIST gives 5,000+).
         "steps_per_call": 50, "train_limit": 0, "min_steps": 2000, "seed": 0, "strategy": "auto",
@@ -51,7 +53,8 @@ PRESETS = {
     "quick": {
         "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
         "warmup_fraction": 0.03, "epochs": 3, "shuffle": True, "max_shift": 0, "max_rotation": 0.0, "max_zoom": 0.0,
-        "shift_only_last_epochs": 0, "init": "reference", "weight_decay": 0.0, "steps_per_call": 50,
+        "shift_only_last_epochs": 0, "init": "reference", "weight_decay": 0.0,
+        "chain_members": {"default": False, "ensemble": True}, "steps_per_call": 50,
         "train_limit": 20000, "min_steps": 0, "seed": 0, "strategy": "auto", "parallel_members": "auto",
     },
 }

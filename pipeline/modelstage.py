@@ -33,11 +33,11 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def train_member(runner, stage, splits, checkpoint_dir: Path, member: int = 0, log=None,
-                 queued_after: int = 0) -> Trained:
+                 queued_after: int = 0, start_from: Trained | None = None) -> Trained:
     return train(stage.network, splits, stage.data, runner.train_settings(stage, member), runner.strategy,
                  checkpoint_dir, log=log or runner.log, train_limit=runner.settings["train_limit"],
                  tensorboard_dir=runner.run_dir / "tensorboard" / stage.id / f"member_{member}",
-                 queued_after=queued_after)
+                 queued_after=queued_after, start_weights=start_from.model.get_weights() if start_from else None)
 
 
 def export(model, out_dir: Path, run_relative: str, name: str, metadata: dict, splits) -> dict:
@@ -170,13 +170,25 @@ def bundle_directory(runner, stage, stage_tmp: Path):
         yield stage_tmp / "bundle"
 
 
-def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
-    reused = reusable_member_zero(runner, stage)
-    to_train = [k for k in range(stage.members) if not (k == 0 and reused)]
-    workers = members_at_once(runner, len(to_train))
-    if to_train:
-        runner.log(f"  training member(s) {', '.join(map(str, to_train))} of {stage.members}, {workers} at a time")
+def train_chain(runner, stage, splits, checkpoint_dir, to_train: list, first: Trained | None) -> list:
+    """A snapshot ensemble (Huang et al. 2017): each member starts from the kept weights of the one before it.
 
+    Each runs its own warm-up and cosine cycle on its own seed, so it leaves
+    its predecessor's minimum for a nearby one: every member builds on all the
+    training before it, for no more images than an independent member.
+    One after another, necessarily.
+    """
+    members = [first] if first else []
+    for position, k in enumerate(to_train):
+        log = lambda text, k=k: runner.log(f"  [member {k}]{text}")
+        members.append(train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", member=k, log=log,
+                                    queued_after=len(to_train) - 1 - position, start_from=members[-1] if k else None))
+    return members
+
+
+def train_side_by_side(runner, stage, splits, checkpoint_dir, to_train: list, first: Trained | None,
+                       workers: int) -> list:
+    """Independent members, `workers` at a time."""
     rounds = -(-len(to_train) // workers)
 
     def job(position, k):
@@ -184,8 +196,22 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
         return lambda: train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", member=k, log=log,
                                     queued_after=rounds - 1 - position // workers)
 
-    members = ([reused] if reused else []) + run_concurrently(
-        [job(position, k) for position, k in enumerate(to_train)], workers)
+    return ([first] if first else []) + run_concurrently([job(position, k) for position, k in enumerate(to_train)],
+                                                         workers)
+
+
+def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
+    reused = reusable_member_zero(runner, stage)
+    to_train = [k for k in range(stage.members) if not (k == 0 and reused)]
+    chained = runner.chains_members(stage)
+    workers = 1 if chained else members_at_once(runner, len(to_train))
+    if to_train:
+        runner.log(f"  training member(s) {', '.join(map(str, to_train))} of {stage.members}, "
+                   + ("each from the one before it (chain_members)" if chained else f"{workers} at a time"))
+    if chained:
+        members = train_chain(runner, stage, splits, checkpoint_dir, to_train, reused)
+    else:
+        members = train_side_by_side(runner, stage, splits, checkpoint_dir, to_train, reused, workers)
     if not is_chief(runner.strategy):
         return {}
     test = np.stack([predict(m.model, splits.test_images) for m in members])
@@ -197,7 +223,7 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
         best_epoch=None, val_accuracy=float((val_classes == splits.validation_labels).mean()),
         test_accuracy=float((classes == splits.test_labels).mean()),
         train_images_per_second=round(float(np.mean([m.images_per_second for m in members])), 1),
-        members_at_once=workers,
+        members_at_once=workers, chained=chained,
         members=[{"seed": runner.train_settings(stage, k).seed, "best_epoch": m.best_epoch,
                   "val_accuracy": m.best_val_accuracy, "test_accuracy": accuracy(p, splits.test_labels)}
                  for k, (m, p) in enumerate(zip(members, test))],

@@ -319,6 +319,10 @@ class Runner:
             steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + MEMBER_SEED_STRIDE * member,
             init=value("init"))
 
+    def chains_members(self, stage: Stage) -> bool:
+        """Whether a voting stage's members each start from the one before (setting chain_members)."""
+        return stage.members > 1 and bool(config.for_stage(self.settings, "chain_members", stage.id))
+
     def training_images(self, stage: Stage) -> int:
         """How many images one epoch of the stage trains on."""
         count = self._data_info()["train"] * (len(expand.SHIFTS) if stage.data == "expanded" else 1)
@@ -328,8 +332,11 @@ class Runner:
         data = self._data_info()["digest"]
         expanded = self.manifest.get("expand", {}).get("fingerprint") if stage.data == "expanded" else None
         members = [dataclasses.asdict(self.train_settings(stage, k)) for k in range(stage.members)]
-        return fingerprint({"stage": repr(stage), "settings": members, "data": data, "expanded": expanded,
-                            "train_limit": self.settings["train_limit"]})
+        recipe = {"stage": repr(stage), "settings": members, "data": data, "expanded": expanded,
+                  "train_limit": self.settings["train_limit"]}
+        if self.chains_members(stage):  # only then: the fingerprints of every other stage stay what they were
+            recipe["chain_members"] = True
+        return fingerprint(recipe)
 
     def _agree_on_stage(self, stage: Stage, node_fingerprint: str | None, done: bool = False) -> tuple[bool, str]:
         """Multi-worker: every worker takes the chief's decision to skip or train a stage (collectives all join).

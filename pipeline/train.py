@@ -142,12 +142,14 @@ def write_history_csv(path: Path, history: list) -> None:
 
 def train(network: Network, splits, data: str, settings: TrainSettings, strategy: tf.distribute.Strategy,
           checkpoint_dir: Path, log=print, train_limit: int = 0, tensorboard_dir: Path | None = None,
-          queued_after: int = 0) -> Trained:
+          queued_after: int = 0, start_weights: list | None = None) -> Trained:
     """Train `network` on splits' train (or expanded) set; select the epoch by validation accuracy.
 
     The later epoch wins a tie, as in the reference (Keras's ModelCheckpoint keeps the earlier).
     queued_after: how many networks like this one will train after it in its
     place (ensemble members waiting for a core); the time-left estimate counts them.
+    start_weights: weights to start from instead of fresh ones (a chained ensemble member starts from the
+    previous member's); a checkpoint, when there is one, still wins.
     """
     train_x, train_y = splits.training_set(data)
     if train_limit:
@@ -165,6 +167,8 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
     with strategy.scope():
         model = build_network(network, l2=l2, seed=settings.seed, init=settings.init)
+        if start_weights is not None:
+            model.set_weights(start_weights)
         optimizer = make_optimizer(settings, steps_per_epoch)
         optimizer.build(model.trainable_variables)  # before restore: keras-team/keras#19389
     best_weights = [tf.Variable(v.value, trainable=False) for v in model.weights]

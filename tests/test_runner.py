@@ -62,6 +62,22 @@ def test_a_stages_wiring_is_not_part_of_its_recipe_fingerprint():
     assert repr(dataclasses.replace(ensemble, member_zero_from="", run_bundle=False)) == repr(ensemble)
 
 
+def test_chaining_the_members_changes_the_ensembles_fingerprint_and_no_other(tmp_path):
+    """A finished fast run retrains only its ensemble for chain_members, which changes only how members start."""
+    from pipeline.runner import Runner
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "data.json").write_text(json.dumps({"train": 50_000, "digest": "0" * 64}))
+
+    def fingerprints(*overrides):
+        runner = Runner(tmp_path, "fast", config.resolve("fast", list(overrides)), "auto")
+        return {stage: runner._stage_fingerprint(STAGE_BY_ID[stage]) for stage in ("dropout", "ensemble", "beyond")}
+
+    chained, independent = fingerprints(), fingerprints("chain_members.ensemble=false")
+    assert chained["ensemble"] != independent["ensemble"]
+    assert chained["dropout"] == independent["dropout"] and chained["beyond"] == independent["beyond"]
+    assert fingerprints("chain_members.dropout=true") == chained  # one network: nothing to chain
+
+
 def test_a_second_concurrent_run_is_refused(capsys, tmp_path):
     tmp_path.mkdir(exist_ok=True)
     with open(tmp_path / ".lock", "a+") as held:
@@ -189,6 +205,8 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
     assert len(seeds) == 5 and not seeds & {seed + 1 for seed in seeds}  # a run with --set seed=1 shares no network
     # Member 0 is the dropout stage's network (the same recipe): trained once, its images count there.
     assert "member 0 is the dropout stage's network" in sample_run[1]
+    assert "training member(s) 1, 2, 3, 4 of 5, each from the one before it" in sample_run[1]
+    assert summary["stages"]["ensemble"]["chained"] is True
     assert summary["stages"]["ensemble"]["trained_images"] == 4 * summary["stages"]["dropout"]["trained_images"]
     # Real digits: the networks that got 150 updates learn; the sigmoid ones that got 10 sit at chance, flagged.
     assert summary["stages"]["ensemble"]["test_accuracy"] > 0.7 and not summary["stages"]["ensemble"]["warning"]

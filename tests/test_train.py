@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import sources, strategy as strategies
 from pipeline.errors import PipelineError
-from pipeline.modelstage import members_at_once, run_concurrently
+from pipeline.modelstage import members_at_once, run_concurrently, train_chain, train_side_by_side
 from pipeline.stages import STAGE_BY_ID
 from pipeline.train import TrainSettings, shift_only_from, train
 
@@ -95,6 +95,25 @@ def test_members_at_once_follows_the_setting_and_the_hardware():
     runner.settings["parallel_members"] = "two"
     with pytest.raises(PipelineError, match="parallel_members must be auto or a whole number"):
         members_at_once(runner, 4)
+
+
+def test_chained_members_start_from_the_one_before_and_independent_ones_do_not(sample, tmp_path):
+    """At learning rate 0 a member ends where it starts: a chained one at member 0's weights, an independent one not."""
+    stage = STAGE_BY_ID["baseline"]
+    still = TrainSettings(epochs=1, batch_size=50, optimizer="sgd", learning_rate=0.0)
+    runner = SimpleNamespace(train_settings=lambda stage, k: replace(still, seed=k), settings={"train_limit": 500},
+                             strategy=strategies.choose("default"), run_dir=tmp_path, log=quiet)
+    first = train(stage.network, sample, "train", replace(still, seed=99), runner.strategy, tmp_path / "first",
+                  log=quiet, train_limit=500)
+    start = first.model.get_weights()
+    chained = train_chain(runner, stage, sample, tmp_path / "chained", [1, 2], first)
+    independent = train_side_by_side(runner, stage, sample, tmp_path / "independent", [1, 2], first, workers=1)
+    assert chained[0] is first and independent[0] is first and len(chained) == len(independent) == 3
+    for member in chained[1:]:
+        for a, b in zip(member.model.get_weights(), start):
+            np.testing.assert_array_equal(a, b)
+    for member in independent[1:]:
+        assert not np.array_equal(member.model.get_weights()[0], start[0])
 
 
 def test_a_killed_stage_resumes_from_its_last_finished_epoch(tmp_path):
