@@ -23,7 +23,7 @@ PRESETS = {
         "batch_size": 10, "optimizer": "sgd", "learning_rate": "reference", "schedule": "constant",
         "warmup_fraction": 0.0, "epochs": "reference", "shuffle": False, "max_shift": 0,
         "max_rotation": 0.0, "max_zoom": 0.0, "shift_only_last_epochs": 0, "init": "reference", "weight_decay": 0.0,
-        "chain_members": False, "steps_per_call": 100, "train_limit": 0, "min_steps": 0, "seed": 0,
+        "chain_epochs": 0, "steps_per_call": 100, "train_limit": 0, "min_steps": 0, "seed": 0,
         "strategy": "auto", "parallel_members": "auto",
     },
     # The same networks and data, trained the modern way: Adam, warm-up + cosine, reshuffling, larger
@@ -35,14 +35,14 @@ PRESETS = {
     "fast": {
         "batch_size": {"default": 128, "conv1": 64}, "optimizer": "adam", "learning_rate": 0.002,
         "schedule": "warmup_cosine", "warmup_fraction": 0.03,
-        "epochs": {"default": 15, "baseline": 30, "expanded": 3, "extra_fc": 5, "dropout": 3, "ensemble": 3,
+        "epochs": {"default": 15, "baseline": 30, "expanded": 3, "extra_fc": 5, "dropout": 6, "ensemble": 6,
                    "beyond": 35},
         "shuffle": True, "max_shift": {"default": 1, "beyond": 2},
         "max_rotation": on_relu_stages(10.0, otherwise=0.0), "max_zoom": on_relu_stages(0.1, otherwise=0.0),
         "shift_only_last_epochs": {"default": 0, "dropout": 1, "ensemble": 1},
         "init": on_relu_stages("he", otherwise="reference"),
         "weight_decay": {"default": 0.0, "dropout": 0.05, "ensemble": 0.05},
-        "chain_members": {"default": False, "ensemble": True},
+        "chain_epochs": {"default": 0, "ensemble": 2},
         # On a small training set (the 5,000-digit sample) epochs are raised to give every network at least
         # this many updates: the sigmoid networks sit at chance for their first ~650 (full MNIST gives 5,000+).
         "steps_per_call": 50, "train_limit": 0, "min_steps": 2000, "seed": 0, "strategy": "auto",
@@ -54,7 +54,7 @@ PRESETS = {
         "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
         "warmup_fraction": 0.03, "epochs": 3, "shuffle": True, "max_shift": 0, "max_rotation": 0.0, "max_zoom": 0.0,
         "shift_only_last_epochs": 0, "init": "reference", "weight_decay": 0.0,
-        "chain_members": {"default": False, "ensemble": True}, "steps_per_call": 50,
+        "chain_epochs": {"default": 0, "ensemble": 1}, "steps_per_call": 50,
         "train_limit": 20000, "min_steps": 0, "seed": 0, "strategy": "auto", "parallel_members": "auto",
     },
 }

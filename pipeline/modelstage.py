@@ -203,11 +203,12 @@ def train_side_by_side(runner, stage, splits, checkpoint_dir, to_train: list, fi
 def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
     reused = reusable_member_zero(runner, stage)
     to_train = [k for k in range(stage.members) if not (k == 0 and reused)]
-    chained = runner.chains_members(stage)
+    chained = runner.chain_epochs(stage) > 0
     workers = 1 if chained else members_at_once(runner, len(to_train))
     if to_train:
         runner.log(f"  training member(s) {', '.join(map(str, to_train))} of {stage.members}, "
-                   + ("each from the one before it (chain_members)" if chained else f"{workers} at a time"))
+                   + (f"each training {runner.train_settings(stage, stage.members - 1).epochs} epoch(s) on from the one before it"
+                      if chained else f"{workers} at a time"))
     if chained:
         members = train_chain(runner, stage, splits, checkpoint_dir, to_train, reused)
     else:
@@ -223,10 +224,10 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
         best_epoch=None, val_accuracy=float((val_classes == splits.validation_labels).mean()),
         test_accuracy=float((classes == splits.test_labels).mean()),
         train_images_per_second=round(float(np.mean([m.images_per_second for m in members])), 1),
-        members_at_once=workers, chained=chained,
-        members=[{"seed": runner.train_settings(stage, k).seed, "best_epoch": m.best_epoch,
-                  "val_accuracy": m.best_val_accuracy, "test_accuracy": accuracy(p, splits.test_labels)}
-                 for k, (m, p) in enumerate(zip(members, test))],
+        members_at_once=workers, chain_epochs=runner.chain_epochs(stage),
+        members=[{"seed": s.seed, "epochs": s.epochs, "best_epoch": m.best_epoch, "val_accuracy": m.best_val_accuracy,
+                  "test_accuracy": accuracy(p, splits.test_labels)}
+                 for s, m, p in zip((runner.train_settings(stage, k) for k in range(stage.members)), members, test)],
         evaluation=evaluate(None, splits.test_labels, stage.reference, predictions=classes))
     with staged_directory(output) as tmp:
         (tmp / "members").mkdir()

@@ -210,8 +210,9 @@ class Runner:
         the same recipe (Stage.member_zero_from): trained once, it counts there.
         """
         from pipeline.modelstage import member_zero_reusable
-        networks = stage.members - member_zero_reusable(self, stage)
-        return self.training_images(stage) * self.train_settings(stage).epochs * networks
+        first = 1 if member_zero_reusable(self, stage) else 0
+        epochs = sum(self.train_settings(stage, k).epochs for k in range(first, stage.members))
+        return self.training_images(stage) * epochs
 
     def _download(self):
         output = self.run_dir / "data"
@@ -302,12 +303,16 @@ class Runner:
 
     # -- model stages -----------------------------------------------------------------------------
     def train_settings(self, stage: Stage, member: int = 0):
-        """One network's training settings; member k of a voting stage is seeded MEMBER_SEED_STRIDE x k apart."""
+        """One network's training settings; member k of a voting stage is seeded MEMBER_SEED_STRIDE x k apart.
+
+        A chained member (k > 0, chain_epochs) trains chain_epochs epochs on from the one before it.
+        """
         from pipeline.train import TrainSettings
         value = lambda key: config.for_stage(self.settings, key, stage.id)
         reference = lambda key, own: own if value(key) == "reference" else value(key)
         steps_per_epoch = self.training_images(stage) // int(value("batch_size"))
-        epochs = max(int(reference("epochs", stage.epochs)), -(-int(value("min_steps")) // max(steps_per_epoch, 1)))
+        asked = self.chain_epochs(stage) if member and self.chain_epochs(stage) else reference("epochs", stage.epochs)
+        epochs = max(int(asked), -(-int(value("min_steps")) // max(steps_per_epoch, 1)))
         return TrainSettings(
             epochs=epochs, batch_size=int(value("batch_size")),
             optimizer=value("optimizer"), learning_rate=float(reference("learning_rate", stage.eta)),
@@ -319,9 +324,12 @@ class Runner:
             steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + MEMBER_SEED_STRIDE * member,
             init=value("init"))
 
-    def chains_members(self, stage: Stage) -> bool:
-        """Whether a voting stage's members each start from the one before (setting chain_members)."""
-        return stage.members > 1 and bool(config.for_stage(self.settings, "chain_members", stage.id))
+    def chain_epochs(self, stage: Stage) -> int:
+        """How many epochs each member of a voting stage after the first trains on from the one before (0: none do)."""
+        epochs = int(config.for_stage(self.settings, "chain_epochs", stage.id)) if stage.members > 1 else 0
+        if epochs < 0:
+            raise PipelineError(f"chain_epochs must be 0 (independent members) or more, not {epochs}.")
+        return epochs
 
     def training_images(self, stage: Stage) -> int:
         """How many images one epoch of the stage trains on."""
@@ -334,8 +342,8 @@ class Runner:
         members = [dataclasses.asdict(self.train_settings(stage, k)) for k in range(stage.members)]
         recipe = {"stage": repr(stage), "settings": members, "data": data, "expanded": expanded,
                   "train_limit": self.settings["train_limit"]}
-        if self.chains_members(stage):  # only then: the fingerprints of every other stage stay what they were
-            recipe["chain_members"] = True
+        if self.chain_epochs(stage):  # only then: the fingerprints of every other stage stay what they were
+            recipe["chain_epochs"] = self.chain_epochs(stage)
         return fingerprint(recipe)
 
     def _agree_on_stage(self, stage: Stage, node_fingerprint: str | None, done: bool = False) -> tuple[bool, str]:

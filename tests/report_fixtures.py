@@ -106,6 +106,7 @@ def _write_stage(folder: Path, stage_id: str, labels: np.ndarray, rng, save_mode
         history = histories[0]
         evaluation = evaluate(None, labels, stage.reference, predictions=vote(members)[0])
         entry["trained_images"] = EPOCHS * SPLITS["train"] * stage.members
+        entry["chain_epochs"] = 2 if stage_id == "ensemble" else 0
         entry["members"] = [{"seed": k, "best_epoch": _best(h)[0], "val_accuracy": _best(h)[1],
                              "test_accuracy": float((p.argmax(axis=1) == labels).mean())}
                             for k, (h, p) in enumerate(zip(histories, members))]

@@ -63,7 +63,7 @@ def test_a_stages_wiring_is_not_part_of_its_recipe_fingerprint():
 
 
 def test_chaining_the_members_changes_the_ensembles_fingerprint_and_no_other(tmp_path):
-    """A finished fast run retrains only its ensemble for chain_members, which changes only how members start."""
+    """chain_epochs changes how the ensemble's members start: a finished run retrains that stage and no other."""
     from pipeline.runner import Runner
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "data.json").write_text(json.dumps({"train": 50_000, "digest": "0" * 64}))
@@ -72,10 +72,10 @@ def test_chaining_the_members_changes_the_ensembles_fingerprint_and_no_other(tmp
         runner = Runner(tmp_path, "fast", config.resolve("fast", list(overrides)), "auto")
         return {stage: runner._stage_fingerprint(STAGE_BY_ID[stage]) for stage in ("dropout", "ensemble", "beyond")}
 
-    chained, independent = fingerprints(), fingerprints("chain_members.ensemble=false")
+    chained, independent = fingerprints(), fingerprints("chain_epochs.ensemble=0")
     assert chained["ensemble"] != independent["ensemble"]
     assert chained["dropout"] == independent["dropout"] and chained["beyond"] == independent["beyond"]
-    assert fingerprints("chain_members.dropout=true") == chained  # one network: nothing to chain
+    assert fingerprints("chain_epochs.dropout=2") == chained  # one network: nothing to chain
 
 
 def test_a_second_concurrent_run_is_refused(capsys, tmp_path):
@@ -205,8 +205,10 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
     assert len(seeds) == 5 and not seeds & {seed + 1 for seed in seeds}  # a run with --set seed=1 shares no network
     # Member 0 is the dropout stage's network (the same recipe): trained once, its images count there.
     assert "member 0 is the dropout stage's network" in sample_run[1]
-    assert "training member(s) 1, 2, 3, 4 of 5, each from the one before it" in sample_run[1]
-    assert summary["stages"]["ensemble"]["chained"] is True
+    members = summary["stages"]["ensemble"]["members"]
+    assert summary["stages"]["ensemble"]["chain_epochs"] == 1 and members[1]["epochs"] == members[0]["epochs"] > 1
+    assert (f"training member(s) 1, 2, 3, 4 of 5, each training {members[1]['epochs']} epoch(s) on from the one "
+            f"before it") in sample_run[1]  # chain_epochs 1, raised by min_steps as the dropout stage's epochs are
     assert summary["stages"]["ensemble"]["trained_images"] == 4 * summary["stages"]["dropout"]["trained_images"]
     # Real digits: the networks that got 150 updates learn; the sigmoid ones that got 10 sit at chance, flagged.
     assert summary["stages"]["ensemble"]["test_accuracy"] > 0.7 and not summary["stages"]["ensemble"]["warning"]
@@ -246,9 +248,10 @@ def test_new_data_marks_what_was_trained_on_the_old_out_of_date_and_never_mixes_
     assert stages["baseline"]["status"] == "done" and stages["conv1"]["status"] == "out of date"
 
 
-@pytest.mark.parametrize("train_images, epochs, dropout_epochs", [(4000, 65, 13), (50_000, 15, 3)])
+@pytest.mark.parametrize("train_images, epochs, dropout_epochs, chained_epochs", [(4000, 65, 13, 13),
+                                                                                  (50_000, 15, 6, 2)])
 def test_the_fast_preset_gives_every_network_enough_updates_to_leave_chance(tmp_path, train_images, epochs,
-                                                                            dropout_epochs):
+                                                                            dropout_epochs, chained_epochs):
     """On the sample (31 batches an epoch) conv2 gets 65 epochs, 2,000 updates; on full MNIST its own 15."""
     from pipeline.runner import Runner
     from pipeline.stages import STAGE_BY_ID
@@ -257,6 +260,8 @@ def test_the_fast_preset_gives_every_network_enough_updates_to_leave_chance(tmp_
     runner = Runner(tmp_path, "fast", config.resolve("fast", []), "auto")
     assert runner.train_settings(STAGE_BY_ID["conv2"]).epochs == epochs
     assert runner.train_settings(STAGE_BY_ID["dropout"]).epochs == dropout_epochs  # on 5x the images
+    assert runner.train_settings(STAGE_BY_ID["ensemble"], 0).epochs == dropout_epochs  # member 0 is dropout's network
+    assert [runner.train_settings(STAGE_BY_ID["ensemble"], k).epochs for k in (1, 4)] == [chained_epochs] * 2
 
 
 def test_the_command_log_is_quiet_and_follows_the_whole_run(tmp_path):
