@@ -152,3 +152,12 @@ def test_the_run_lock_is_per_task(tmp_path):
         with pytest.raises(PipelineError, match="is in use by another run"):
             with run_lock(tmp_path):
                 pass
+
+
+def test_two_workers_train_a_chained_ensemble_one_member_after_another(tmp_path):
+    """Each chained member starts from the one before it on every worker, so their collectives stay in step."""
+    finish(start(tmp_path / "run", free_ports(2), tmp_path / "ensemble", stages=["ensemble"]), tmp_path / "ensemble")
+    entry = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]["ensemble"]
+    assert entry["chain_epochs"] == 1 and entry["members_at_once"] == 1
+    assert [member["epochs"] for member in entry["members"]] == [EPOCHS, 1, 1, 1, 1]
+    assert (tmp_path / "run" / "bundle" / "ensemble.onnx").exists()
