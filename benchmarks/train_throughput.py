@@ -13,7 +13,8 @@ ensemble stage does (what a second network gets from idle cores).
 
 Named in --stages, the ensemble stage compares ways to train its five
 networks, at the fast preset's batch and optimizer only: one network alone
-(own step; chained members, `chain_members`, can only train so), two in two threads (what the pipeline does), and all five as one
+(own step; chained members, `chain_epochs`, can only train so), two in two
+threads (what the pipeline does with independent members), and all five as one
 Keras model, their first convolutions fused into one (`fused_members`), also
 with their second convolutions as one grouped convolution. Images per second
 count every network's images (two networks at once count each image twice);
