@@ -59,6 +59,7 @@ PRESETS = {
     },
 }
 CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("constant", "warmup_cosine"), "init": ("reference", "he")}
+COUNTS = ("chain_epochs",)  # whole numbers of 0 or more
 
 
 def parse_value(text: str, current):
@@ -107,6 +108,8 @@ def resolve(preset: str, overrides: list[str]) -> dict:
         values = settings[name].values() if isinstance(settings[name], dict) else [settings[name]]
         if allowed and any(value not in allowed for value in values):
             raise PipelineError(f"--set {item!r}: {name} is one of {', '.join(allowed)}.")
+        if name in COUNTS and any(not isinstance(value, int) or value < 0 for value in values):
+            raise PipelineError(f"--set {item!r}: {name} is a whole number of 0 or more.")
     return settings
 
 

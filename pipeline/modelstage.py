@@ -206,9 +206,9 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
     chained = runner.chain_epochs(stage) > 0
     workers = 1 if chained else members_at_once(runner, len(to_train))
     if to_train:
-        runner.log(f"  training member(s) {', '.join(map(str, to_train))} of {stage.members}, "
-                   + (f"each training {runner.train_settings(stage, stage.members - 1).epochs} epoch(s) on from the one before it"
-                      if chained else f"{workers} at a time"))
+        how = (f"each training {runner.train_settings(stage, stage.members - 1).epochs} epoch(s) on from the one "
+               f"before it" if chained else f"{workers} at a time")
+        runner.log(f"  training member(s) {', '.join(map(str, to_train))} of {stage.members}, {how}")
     if chained:
         members = train_chain(runner, stage, splits, checkpoint_dir, to_train, reused)
     else:

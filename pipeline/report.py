@@ -81,9 +81,10 @@ def stage_row(stage_id: str, stage: dict) -> tuple:
     test, reference = stage.get("test_accuracy"), stage.get("reference_accuracy")
     best = ", ".join(cell(m.get("best_epoch")) for m in stage["members"]) if stage.get("members") else \
         cell(stage.get("best_epoch"))
-    epochs = cell(stage.get("epochs")) + (f", then {stage['chain_epochs']} a member" if stage.get("chain_epochs") else "")
-    return (stage_id, stage.get("network", "–"), stage.get("data", "–"), epochs, best, percent(stage.get("val_accuracy")), percent(test),
-            percent(reference), points(test, reference), duration(stage.get("wall_seconds")))
+    chained = f", then {stage['chain_epochs']} a member" if stage.get("chain_epochs") else ""
+    return (stage_id, stage.get("network", "–"), stage.get("data", "–"), cell(stage.get("epochs")) + chained, best,
+            percent(stage.get("val_accuracy")), percent(test), percent(reference), points(test, reference),
+            duration(stage.get("wall_seconds")))
 
 
 def thousands(value) -> str:

@@ -326,10 +326,7 @@ class Runner:
 
     def chain_epochs(self, stage: Stage) -> int:
         """How many epochs each member of a voting stage after the first trains on from the one before (0: none do)."""
-        epochs = int(config.for_stage(self.settings, "chain_epochs", stage.id)) if stage.members > 1 else 0
-        if epochs < 0:
-            raise PipelineError(f"chain_epochs must be 0 (independent members) or more, not {epochs}.")
-        return epochs
+        return int(config.for_stage(self.settings, "chain_epochs", stage.id)) if stage.members > 1 else 0
 
     def training_images(self, stage: Stage) -> int:
         """How many images one epoch of the stage trains on."""

@@ -160,6 +160,8 @@ FAIL_FAST = "import sys, run_pipeline; sys.modules['tensorflow'] = None; sys.exi
     (["--set", "epochs.conv9=3"], "error: --set 'epochs.conv9=3': there is no stage 'conv9'"),
     (["--set", "batch_size=big"], "error: --set 'batch_size=big': expected a int, not 'big'."),
     (["--set", "init.dropout=glorot"], "error: --set 'init.dropout=glorot': init is one of reference, he."),
+    (["--set", "chain_epochs.ensemble=-1"], "error: --set 'chain_epochs.ensemble=-1': chain_epochs is a whole number "
+                                            "of 0 or more."),
 ])
 def test_a_mistake_fails_before_tensorflow_loads_and_leaves_nothing_behind(tmp_path, arguments, message):
     """TensorFlow is made unimportable: a check that reached it would fail with an ImportError instead."""
