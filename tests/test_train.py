@@ -190,6 +190,31 @@ def test_a_stage_stopped_after_an_epoch_resumes_to_the_weights_of_an_uninterrupt
             np.testing.assert_array_equal(readers[0].get_tensor(name), readers[1].get_tensor(name), err_msg=name)
 
 
+def test_a_chain_stopped_in_a_later_member_resumes_to_the_members_of_an_uninterrupted_chain(sample, tmp_path):
+    """A finished member is read back from its checkpoint as the next one's start, so the chain ends as if unbroken."""
+    settings = TrainSettings(epochs=2, batch_size=20, optimizer="adam", learning_rate=0.002, shuffle=True,
+                             steps_per_call=7)
+    runner = SimpleNamespace(train_settings=lambda stage, k: replace(settings, seed=k), settings={"train_limit": 300},
+                             strategy=strategies.choose("default"), run_dir=tmp_path, log=quiet)
+    stage = replace(STAGE_BY_ID["dropout"], data="train")  # its network (with dropout's random state), the 50k set
+    chain = lambda directory: train_chain(runner, stage, sample, directory, [0, 1, 2], None)
+
+    def stop_in_member_2(text):
+        if "[member 2]" in text and "epoch   1/2" in text:  # logged once member 2's epoch 1 is checkpointed
+            raise Stopped
+
+    whole = chain(tmp_path / "whole")
+    runner.log = stop_in_member_2
+    with pytest.raises(Stopped):
+        chain(tmp_path / "resumed")
+    runner.log = quiet
+    resumed = chain(tmp_path / "resumed")
+    assert [member.resumed_from_epoch for member in resumed] == [2, 2, 1]
+    for one, other in zip(whole, resumed):
+        for a, b in zip(one.model.get_weights(), other.model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
