@@ -311,7 +311,8 @@ class Runner:
         value = lambda key: config.for_stage(self.settings, key, stage.id)
         reference = lambda key, own: own if value(key) == "reference" else value(key)
         steps_per_epoch = self.training_images(stage) // int(value("batch_size"))
-        asked = self.chain_epochs(stage) if member and self.chain_epochs(stage) else reference("epochs", stage.epochs)
+        chain = self.chain_epochs(stage)
+        asked = chain if member and chain else reference("epochs", stage.epochs)
         epochs = max(int(asked), -(-int(value("min_steps")) // max(steps_per_epoch, 1)))
         return TrainSettings(
             epochs=epochs, batch_size=int(value("batch_size")),

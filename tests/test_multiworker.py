@@ -155,7 +155,7 @@ def test_the_run_lock_is_per_task(tmp_path):
 
 
 def test_two_workers_train_a_chained_ensemble_one_member_after_another(tmp_path):
-    """Each chained member starts from the one before it on every worker, so their collectives stay in step."""
+    """Every worker starts each chained member from its own copy of the one before: the two finish in step."""
     finish(start(tmp_path / "run", free_ports(2), tmp_path / "ensemble", stages=["ensemble"]), tmp_path / "ensemble")
     entry = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]["ensemble"]
     assert entry["chain_epochs"] == 1 and entry["members_at_once"] == 1

@@ -98,22 +98,21 @@ def test_members_at_once_follows_the_setting_and_the_hardware():
 
 
 def test_chained_members_start_from_the_one_before_and_independent_ones_do_not(sample, tmp_path):
-    """At learning rate 0 a member ends where it starts: a chained one at member 0's weights, an independent one not."""
+    """Member 1 learns, member 2 has learning rate 0 and so ends where it starts: chained, at member 1's weights."""
     stage = STAGE_BY_ID["baseline"]
     still = TrainSettings(epochs=1, batch_size=50, optimizer="sgd", learning_rate=0.0)
-    runner = SimpleNamespace(train_settings=lambda stage, k: replace(still, seed=k), settings={"train_limit": 500},
+    settings = lambda stage, k: replace(still, seed=k, learning_rate=0.1 if k == 1 else 0.0)
+    runner = SimpleNamespace(train_settings=settings, settings={"train_limit": 500},
                              strategy=strategies.choose("default"), run_dir=tmp_path, log=quiet)
     first = train(stage.network, sample, "train", replace(still, seed=99), runner.strategy, tmp_path / "first",
                   log=quiet, train_limit=500)
-    start = first.model.get_weights()
     chained = train_chain(runner, stage, sample, tmp_path / "chained", [1, 2], first)
     independent = train_side_by_side(runner, stage, sample, tmp_path / "independent", [1, 2], first, workers=1)
     assert chained[0] is first and independent[0] is first and len(chained) == len(independent) == 3
-    for member in chained[1:]:
-        for a, b in zip(member.model.get_weights(), start):
-            np.testing.assert_array_equal(a, b)
-    for member in independent[1:]:
-        assert not np.array_equal(member.model.get_weights()[0], start[0])
+    weights = lambda member: member.model.get_weights()[0]
+    assert not np.array_equal(weights(chained[1]), weights(first))  # member 1 moved on from member 0
+    np.testing.assert_array_equal(weights(chained[2]), weights(chained[1]))  # member 2 began where member 1 ended
+    assert not any(np.array_equal(weights(member), weights(first)) for member in independent[1:])
 
 
 def test_a_killed_stage_resumes_from_its_last_finished_epoch(tmp_path):
