@@ -193,7 +193,7 @@ def ink_on_paper(rgb: np.ndarray) -> np.ndarray:
     Channels where the ink has the other polarity are left out (see polarity).
     """
     darker, channels = polarity(rgb)
-    rgb = rgb[..., channels]
+    rgb = rgb[..., channels] if len(channels) < rgb.shape[2] else rgb  # a copy only when channels are left out
     paper = np.maximum(paper_light(rgb, darker), 0)  # extended past the border by reflection, it may overshoot black
     return np.clip(strongest(darker_ink(rgb, paper) if darker else lighter_ink(rgb, paper)), 0, 1)
 
