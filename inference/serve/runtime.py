@@ -4,6 +4,7 @@ MLServer builds one DigitModel per model from its ModelSettings; the loaded,
 checked ensemble arrives in `parameters.extra` (inference.serve.catalogue did
 the loading before any port opened).
 """
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,10 @@ from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
 
 from inference.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, VOTES_OUTPUT
-from inference.ensemble import Prediction
+from inference.ensemble import Prediction, image_ink
 from inference.serve.batching import Batcher
 from inference.serve.catalogue import Served
-from inference.serve.request import PICTURES, BadRequest, read_request
+from inference.serve.request import ERROR, PICTURES, BadRequest, read_request, unanswered
 
 PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
 IMAGES = [-1, 28, 28, 1]
@@ -35,6 +36,9 @@ OUTPUTS = [
     MetadataTensor(name="warning", datatype="BYTES", shape=[-1], parameters=Parameters(note="empty when none")),
     MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
                    parameters=Parameters(note="pictures requests only: the image the networks saw")),
+    MetadataTensor(name=ERROR, datatype="BYTES", shape=[-1],
+                   parameters=Parameters(note="pictures requests only: why a picture was not read, empty when it "
+                                              "was; such a row holds class -1, zero votes and probabilities")),
 ]
 
 
@@ -58,17 +62,20 @@ class DigitModel(MLModel):
         return metadata
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        images, from_pictures = read_request(payload, self.max_batch)
+        images, errors = read_request(payload, self.max_batch)
+        from_pictures = errors is not None
         wanted = [output.name for output in payload.outputs or ()]
-        known = {tensor.name for tensor in OUTPUTS} - (set() if from_pictures else {INPUT_NAME})
+        known = {tensor.name for tensor in OUTPUTS} - (set() if from_pictures else {INPUT_NAME, ERROR})
         for name in wanted:
             if name not in known:
                 raise BadRequest(f"Unknown output {name!r}: the outputs are {', '.join(sorted(known))}.")
         prediction = await self.batcher.predict(images)
-        return self.respond(prediction, images if from_pictures else None, wanted)
+        prediction = unanswered(replace(prediction, ink=image_ink(images)), errors)  # ink: for blank images' warning
+        return self.respond(prediction, images if from_pictures else None, wanted, errors)
 
-    def respond(self, prediction: Prediction, images: np.ndarray | None, wanted: list[str]) -> InferenceResponse:
-        """The outputs asked for (all when none is named); `images` only for pictures, to show what was seen."""
+    def respond(self, prediction: Prediction, images: np.ndarray | None, wanted: list[str],
+                errors: list[str] | None = None) -> InferenceResponse:
+        """The outputs asked for (all when none is named); `images` and `error` only for pictures (what was seen)."""
         outputs = [tensor(CLASS_OUTPUT, "INT64", prediction.classes),
                    tensor(VOTES_OUTPUT, "INT64", prediction.votes),
                    tensor(MEAN_OUTPUT, "FP32", prediction.probabilities),
@@ -76,6 +83,8 @@ class DigitModel(MLModel):
                    tensor("warning", "BYTES", np.array(prediction.warnings, dtype=str).reshape(-1))]
         if images is not None:
             outputs.append(tensor(INPUT_NAME, "FP32", images))
+        if errors is not None:
+            outputs.append(tensor(ERROR, "BYTES", np.array(errors, dtype=str).reshape(-1)))
         return InferenceResponse(model_name=self.name, outputs=[o for o in outputs if not wanted or o.name in wanted])
 
 
