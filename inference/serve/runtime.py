@@ -4,6 +4,8 @@ MLServer builds one DigitModel per model from its ModelSettings; the loaded,
 checked ensemble arrives in `parameters.extra` (inference.serve.catalogue did
 the loading before any port opened).
 """
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +40,13 @@ OUTPUTS = [
 ]
 
 
-def model_settings(served: Served, *, mode: str, max_batch: int) -> ModelSettings:
+def model_settings(served: Served, *, mode: str, max_batch: int, version: str | None = None,
+                   versions: Callable[[], list[str]] = list) -> ModelSettings:
+    """version: this one's, in a base directory of versions; versions: those loaded now (inference.serve.versions)."""
     runtime = DigitModelWithPage if served.name == "ensemble" else DigitModel
+    extra = {"served": served, "mode": mode, "max_batch": max_batch, "versions": versions}
     return ModelSettings(name=served.name, implementation=runtime, platform="onnxruntime",
-                         inputs=INPUTS, outputs=OUTPUTS,
-                         parameters=ModelParameters(extra={"served": served, "mode": mode, "max_batch": max_batch}))
+                         inputs=INPUTS, outputs=OUTPUTS, parameters=ModelParameters(version=version, extra=extra))
 
 
 class DigitModel(MLModel):
@@ -55,7 +59,15 @@ class DigitModel(MLModel):
     async def metadata(self):
         metadata = await super().metadata()
         metadata.parameters = Parameters(mode=self.mode, max_batch=self.max_batch, **self.served.about)
+        metadata.versions = self.settings.parameters.extra["versions"]()
         return metadata
+
+    async def unload(self) -> bool:
+        """A newer version answers now: the requests this one already holds are answered before its thread ends."""
+        while self.batcher.task is not None:
+            await asyncio.wait({self.batcher.task})
+        self.batcher.thread.shutdown()
+        return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         images, from_pictures = read_request(payload, self.max_batch)
