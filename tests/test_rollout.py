@@ -7,6 +7,7 @@ three of its networks, so every answer tells which version gave it: its votes
 add up to 5 or to 3. The tests of the module server run in order: 1 answers,
 2 takes over, a damaged 3 is refused, removing 2 brings 1 back.
 """
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,3 +214,13 @@ def test_a_base_without_a_complete_version_exits_2_with_one_sentence(tmp_path, b
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "holds no complete version" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_mlserver_registry_never_shows_a_request_a_version_that_is_not_ready(tmp_path, bundle):
+    """What the swap relies on in MLServer 1.7.1's private registry: version 1 answers, then 2, always ready."""
+    shutil.copytree(bundle, tmp_path / "1")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "tests" / "rollout_registry_probe.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == [["1", True, True], ["2", True, True]]

@@ -23,6 +23,7 @@ from inference.serve.request import PICTURES, BadRequest, read_request
 
 PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
 IMAGES = [-1, 28, 28, 1]
+RETIRING_SECONDS = 0.5
 INPUTS = [
     MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
                    parameters=Parameters(note="white digit on black, pixel / 255 in [0, 1], MNIST-centred")),
@@ -63,9 +64,14 @@ class DigitModel(MLModel):
         return metadata
 
     async def unload(self) -> bool:
-        """A newer version answers now: the requests this one already holds are answered before its thread ends."""
+        """Retired (a newer version answers now): the requests it holds are answered before its thread ends.
+
+        It stays ready a moment longer: MLServer's readiness check lists the
+        models, then awaits, then reads whether each is ready.
+        """
         while self.batcher.task is not None:
             await asyncio.wait({self.batcher.task})
+        await asyncio.sleep(RETIRING_SECONDS)
         self.batcher.thread.shutdown()
         return True
 

@@ -187,9 +187,10 @@ class Rollout:
         self.note_loaded(version, models)
         log.info("Version %d in %s answers now; version %s is retired once its requests are answered.",
                  version, self.path, old)
-        for name in self.names.pop(old):
+        retired = self.names.pop(old)
+        for name in retired:
             self.loaded[name].remove(old)
-            await registry.unload_version(name, str(old))
+        await asyncio.gather(*[registry.unload_version(name, str(old)) for name in retired])
 
 
 def one_line(error: Exception) -> str:
