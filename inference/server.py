@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-body-mb", type=float, default=32, metavar="M",
                         help="the largest REST body or gRPC message, in MB of 2**20 bytes (default: 32)")
     args = parser.parse_args(argv)
+    if args.poll_seconds < 0:
+        parser.error("--poll-seconds must be 0 (only on SIGHUP) or more.")
     rollout = Rollout(args.models, threads=args.threads, mode=args.mode, max_batch=args.max_batch)
     try:
         rollout.first()

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from conftest import TRAIN
-from test_server import PROTOCOLS, client, free_port, grpcclient, httpclient, metadata, start, stop
+from test_server import (PROTOCOLS, client, free_port, grpcclient, httpclient, metadata, run_dir,  # noqa: F401
+                         start, stop)
 
 from tritonclient.utils import InferenceServerException  # noqa: E402 - test_server skips without tritonclient
 
@@ -44,9 +45,10 @@ def three_networks(tmp_path_factory, bundle, mnist_digits):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, bundle):
+def base(tmp_path_factory, run_dir):
+    """Version 1 is a run directory: the bundle and its stage `small`, which version 2 does not have."""
     base = tmp_path_factory.mktemp("versions")
-    shutil.copytree(bundle, base / "1")
+    shutil.copytree(run_dir, base / "1")
     return base
 
 
@@ -108,6 +110,7 @@ def test_metadata_shows_the_versions_loaded_and_the_one_answering(server, protoc
     about = metadata(server, protocol, "ensemble")
     assert about["versions"] == ["1"] and about["parameters"]["version"] == "1"
     assert about["parameters"]["networks"] == OLD
+    assert metadata(server, protocol, "small")["versions"] == ["1"]
     triton = client(server, protocol)
     assert votes(triton, protocol) == OLD and votes(triton, protocol, "1") == OLD
     with pytest.raises(InferenceServerException) as missing:
@@ -130,10 +133,9 @@ def test_a_new_version_takes_over_under_load_without_an_error(server, base, thre
             except Exception as error:  # noqa: BLE001 - every failure is counted and shown
                 errors.append(repr(error))
 
-    def probe():
+    def probe():  # without a pause: the probes are one more client
         while not done.is_set():
             readiness.append(ready_status(server))
-            time.sleep(0.05)
     threads = [threading.Thread(target=work, args=(worker, protocol), daemon=True)
                for worker, protocol in enumerate(PROTOCOLS * 2)] + [threading.Thread(target=probe, daemon=True)]
     for thread in threads:
@@ -143,8 +145,8 @@ def test_a_new_version_takes_over_under_load_without_an_error(server, base, thre
         copy_in(three_networks, base, 2)
         wait_for(lambda: answering(server) == "2", what="version 2 answering")
         counts = [len(got) for got in answers.values()]
-        wait_for(lambda: all(len(got) >= count + 10 for got, count in zip(answers.values(), counts)),
-                 what="10 more answers from each client")
+        wait_for(lambda: all(len(got) >= count + 30 for got, count in zip(answers.values(), counts)),
+                 what="30 more answers from each client")
     finally:
         done.set()
         for thread in threads:
@@ -162,6 +164,9 @@ def test_a_new_version_takes_over_under_load_without_an_error(server, base, thre
         about = metadata(server, protocol, "ensemble")
         assert about["versions"] == ["2"] and about["parameters"]["version"] == "2"
         assert about["parameters"]["networks"] == NEW
+        with pytest.raises(InferenceServerException) as gone:  # version 2 is a bundle alone: it has no stages
+            metadata(server, protocol, "small")
+        assert gone.value.status() in ("404", "StatusCode.NOT_FOUND")
     assert "Version 2 in" in server_log(server["process"])
 
 
@@ -217,10 +222,12 @@ def test_a_base_without_a_complete_version_exits_2_with_one_sentence(tmp_path, b
 
 
 def test_mlserver_registry_never_shows_a_request_a_version_that_is_not_ready(tmp_path, bundle):
-    """What the swap relies on in MLServer 1.7.1's private registry: version 1 answers, then 2, always ready."""
+    """What the swap relies on in MLServer 1.7.1's private registry: version 1 answers, then 2, always ready;
+    a retired version answers what it holds."""
     shutil.copytree(bundle, tmp_path / "1")
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(root / "tests" / "rollout_registry_probe.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == [["1", True, True], ["2", True, True]]
+    assert json.loads(done.stdout) == {"states": [["1", True, True], ["2", True, True]],
+                                       "in_flight_answered_first": True}
