@@ -61,8 +61,8 @@ async def retire_while_busy(registry: MultiModelRegistry) -> bool:
     """Whether a model's unload waits for the request it is computing (its thread is shut down afterwards)."""
     model = await registry.get_model("ensemble")
     images = np.zeros((BUSY_IMAGES, 28, 28, 1), np.float32)
-    request = InferenceRequest(inputs=[RequestInput(name="images", datatype="FP32", shape=list(images.shape),
-                                                    data=images.ravel().tolist())], outputs=[RequestOutput(name="class")])
+    tensor = RequestInput(name="images", datatype="FP32", shape=list(images.shape), data=images.ravel().tolist())
+    request = InferenceRequest(inputs=[tensor], outputs=[RequestOutput(name="class")])
     answer = asyncio.create_task(model.predict(request))
     await asyncio.sleep(0)  # it joins the batcher, and ONNX Runtime starts on it
     await model.unload()

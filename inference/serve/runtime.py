@@ -23,7 +23,7 @@ from inference.serve.request import PICTURES, BadRequest, read_request
 
 PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
 IMAGES = [-1, 28, 28, 1]
-RETIRING_SECONDS = 0.5
+RETIRING_SECONDS = 0.5  # a retired version stays ready this long (DigitModel.unload)
 INPUTS = [
     MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
                    parameters=Parameters(note="white digit on black, pixel / 255 in [0, 1], MNIST-centred")),

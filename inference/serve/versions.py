@@ -14,6 +14,8 @@ requests it already holds are answered (TF Serving's availability-preserving
 policy). A version that fails its check is refused with one log line and not
 tried again until its files change; the served one goes on. Removing the
 served version's directory falls back, by the same rule, to the highest left.
+A version's number names its files once: files changed in place under the
+served number are not loaded again (copy them in as the next number).
 
 Loading and retiring go through MLServer's model registry, the server's
 private `_model_registry` (no public call loads a model at run time); its
@@ -122,7 +124,7 @@ class Rollout:
 
     def refuse(self, version: int, error: Exception) -> None:
         self.refused[version] = fingerprint(self.path / str(version))
-        serving = f"version {self.version} goes on serving" if self.version is not None else "it is not served"
+        serving = f"version {self.version} goes on serving" if self.version is not None else "a lower one is tried"
         log.error("Version %d in %s is refused: %s; %s.", version, self.path, one_line(error), serving)
 
     def settings(self, models: list[Served], version: int | None) -> list:
