@@ -1,6 +1,6 @@
 """Serve the ensemble over the Open Inference Protocol (KServe v2), REST and gRPC, with Seldon's MLServer.
 
-    mnist-serve --models RUN_DIR|BUNDLE [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081]
+    mnist-serve --models RUN_DIR|BUNDLE|BASE [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081]
 
 Models: `ensemble` and `ensemble-int8` (the bundle's fused graphs) and, given
 a run directory, each stage's network under its stage id. Every model is
@@ -8,6 +8,10 @@ loaded and its files checked against their SHA-256 before any port opens: a
 damaged or missing bundle exits with status 2 and one sentence. One process
 (MLServer's parallel_workers: 0), so ONNX Runtime's threads own the cores;
 SIGTERM or Ctrl-C shuts it down cleanly. Imports no TensorFlow.
+
+BASE holds numbered versions (BASE/1, BASE/2, ...: each a run directory or a
+bundle): the highest complete one is served, and a higher one copied in later
+takes over without a restart or a lost request (inference.serve.versions).
 """
 import argparse
 import asyncio
@@ -16,13 +20,18 @@ import sys
 from pathlib import Path
 
 from inference.ensemble import MODES, bundle_dir
-from inference.serve.catalogue import catalogue
+from inference.serve.versions import Rollout
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", required=True, type=Path, metavar="RUN_DIR|BUNDLE",
-                        help="a run directory (its bundle and each stage's network) or an ensemble bundle")
+    parser.add_argument("--models", required=True, type=Path, metavar="RUN_DIR|BUNDLE|BASE",
+                        help="a run directory (its bundle and each stage's network), an ensemble bundle, or a base "
+                             "directory of versions 1, 2, ... (each a run directory or bundle; a version is complete "
+                             "once its bundle's manifest.json is in it, so copy that last or rename the version "
+                             "directory into place)")
+    parser.add_argument("--poll-seconds", type=float, default=5, metavar="S",
+                        help="how often to look for a new version in BASE; 0: only on SIGHUP (default: 5)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface "
                                                             "(default: 127.0.0.1)")
     parser.add_argument("--http-port", type=int, default=8080, metavar="PORT", help="REST (default: 8080)")
@@ -36,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-body-mb", type=float, default=32, metavar="M",
                         help="the largest REST body or gRPC message, in MB of 2**20 bytes (default: 32)")
     args = parser.parse_args(argv)
+    if args.poll_seconds < 0:
+        parser.error("--poll-seconds must be 0 (only on SIGHUP) or more.")
+    rollout = Rollout(args.models, threads=args.threads, mode=args.mode, max_batch=args.max_batch)
     try:
-        models = catalogue(args.models, threads=args.threads)
+        rollout.first()
     except (OSError, ValueError, KeyError) as error:
         print(f"error: cannot serve the models in {args.models}: {error}", file=sys.stderr)
         return 2
@@ -48,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     from mlserver.utils import install_uvloop_event_loop  # MLServer's own command runs on uvloop too
     install_uvloop_event_loop()
-    asyncio.run(serve(models, args, repository=bundle_dir(args.models)))
+    asyncio.run(serve(rollout, args, repository=bundle_dir(rollout.served)))
     return 0
 
 
@@ -61,13 +73,12 @@ def free(host: str, port: int) -> bool:
         return False
 
 
-async def serve(models: list, args: argparse.Namespace, repository: Path) -> None:
+async def serve(rollout: Rollout, args: argparse.Namespace, repository: Path) -> None:
     """Run MLServer until SIGTERM/SIGINT; it is ready once every model has loaded."""
     from mlserver import MLServer
     from mlserver.settings import Settings
 
     from inference.serve import transport
-    from inference.serve.runtime import model_settings
     max_body = int(args.max_body_mb * (1 << 20))
     # The repository API looks for model-settings.json files under its root: the bundle holds none.
     settings = Settings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, parallel_workers=0,
@@ -77,7 +88,11 @@ async def serve(models: list, args: argparse.Namespace, repository: Path) -> Non
     transport.harden_rest(server._rest_server._app, max_body)
     transport.use_numpy_over_grpc()
     transport.quiet_bad_requests()
-    await server.start([model_settings(model, mode=args.mode, max_batch=args.max_batch) for model in models])
+    watching = asyncio.create_task(rollout.watcher(server, args.poll_seconds))
+    try:
+        await server.start(rollout.start_settings())
+    finally:
+        watching.cancel()
 
 
 if __name__ == "__main__":

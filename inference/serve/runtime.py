@@ -4,6 +4,8 @@ MLServer builds one DigitModel per model from its ModelSettings; the loaded,
 checked ensemble arrives in `parameters.extra` (inference.serve.catalogue did
 the loading before any port opened).
 """
+import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from inference.serve.request import ERROR, PICTURES, BadRequest, read_request, u
 
 PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
 IMAGES = [-1, 28, 28, 1]
+RETIRING_SECONDS = 0.5  # a retired version stays ready this long (DigitModel.unload)
 INPUTS = [
     MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
                    parameters=Parameters(note="white digit on black, pixel / 255 in [0, 1], MNIST-centred")),
@@ -42,11 +45,13 @@ OUTPUTS = [
 ]
 
 
-def model_settings(served: Served, *, mode: str, max_batch: int) -> ModelSettings:
+def model_settings(served: Served, *, mode: str, max_batch: int, version: str | None = None,
+                   versions: Callable[[], list[str]] = list) -> ModelSettings:
+    """version: this one's, in a base directory of versions; versions: those loaded now (inference.serve.versions)."""
     runtime = DigitModelWithPage if served.name == "ensemble" else DigitModel
+    extra = {"served": served, "mode": mode, "max_batch": max_batch, "versions": versions}
     return ModelSettings(name=served.name, implementation=runtime, platform="onnxruntime",
-                         inputs=INPUTS, outputs=OUTPUTS,
-                         parameters=ModelParameters(extra={"served": served, "mode": mode, "max_batch": max_batch}))
+                         inputs=INPUTS, outputs=OUTPUTS, parameters=ModelParameters(version=version, extra=extra))
 
 
 class DigitModel(MLModel):
@@ -59,7 +64,20 @@ class DigitModel(MLModel):
     async def metadata(self):
         metadata = await super().metadata()
         metadata.parameters = Parameters(mode=self.mode, max_batch=self.max_batch, **self.served.about)
+        metadata.versions = self.settings.parameters.extra["versions"]()
         return metadata
+
+    async def unload(self) -> bool:
+        """Retired (a newer version answers now): the requests it holds are answered before its thread ends.
+
+        It stays ready a moment longer: MLServer's readiness check lists the
+        models, then awaits, then reads whether each is ready.
+        """
+        while self.batcher.task is not None:
+            await asyncio.wait({self.batcher.task})
+        await asyncio.sleep(RETIRING_SECONDS)
+        self.batcher.thread.shutdown()
+        return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         images, errors = read_request(payload, self.max_batch)
