@@ -11,11 +11,6 @@ directory that is renamed into place only when complete.
     ensemble  -> stages/ensemble/, bundle/   (also reads stages/dropout/)
     beyond    -> stages/beyond/ (its bundle in stages/beyond/bundle/; optional, run when named)
     report    -> report/        (reads everything above that exists)
-
-A model stage gets a resolved modelstage.StageJob and returns the entry the
-runner records. TensorFlow's modules (strategy, train, modelstage, report)
-are imported where first needed, so a run that only prepares data never
-loads TensorFlow.
 """
 import dataclasses
 import importlib.metadata
@@ -32,10 +27,10 @@ from pipeline import config, expand, sources
 from pipeline.artifacts import (clean_unfinished, digest_arrays, fingerprint, run_lock, staged_directory,
                                 write_json)
 from pipeline.errors import PipelineError
+from pipeline.stages import STAGE_BY_ID, STAGES, Stage
 from pipeline.progress import minutes
-from pipeline.stages import STAGE_BY_ID, STAGES, STEP_NEEDS, Stage
 
-STEPS = tuple(STEP_NEEDS)
+STEPS = ("download", "expand", "report")
 DEFAULT_NODES = ["download", "expand"] + [s.id for s in STAGES if not s.optional] + ["report"]
 SPLIT_NAMES = [f"{part}_{kind}" for part in ("train", "validation", "test") for kind in ("images", "labels")]
 SHARD_SIZE = 50_000
@@ -49,7 +44,13 @@ PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "onnx", "onnxruntime",
 
 
 def dependencies(node: str) -> list[str]:
-    return list(STEP_NEEDS[node] if node in STEP_NEEDS else STAGE_BY_ID[node].needs)
+    if node == "expand":
+        return ["download"]
+    if node in STAGE_BY_ID:
+        stage = STAGE_BY_ID[node]
+        needs = ["expand"] if stage.data == "expanded" else ["download"]
+        return needs + ([stage.member_zero_from] if stage.member_zero_from else [])
+    return []
 
 
 def plan(requested: list[str]) -> list[str]:
@@ -173,8 +174,7 @@ class Runner:
                 if node in STAGE_BY_ID and self.task is None:  # the chief's view; others may not see data yet
                     self._log_progress(stage_ids, node)
                 started = time.perf_counter()
-                steps = {"download": self._download, "expand": self._expand, "report": self._report}
-                steps[node]() if node in steps else self._stage(STAGE_BY_ID[node])
+                getattr(self, f"_{node}", None)() if node in STEPS else self._stage(STAGE_BY_ID[node])
                 self.log(f"[{node}] finished in {time.perf_counter() - started:.1f}s")
             if self.task is None:
                 self._save()
@@ -209,7 +209,8 @@ class Runner:
         A voting stage's member 0 is another stage's network when both have
         the same recipe (Stage.member_zero_from): trained once, it counts there.
         """
-        first = 1 if self._member_zero(stage) else 0
+        from pipeline.modelstage import member_zero_reusable
+        first = 1 if member_zero_reusable(self, stage) else 0
         epochs = sum(self.train_settings(stage, k).epochs for k in range(first, stage.members))
         return self.training_images(stage) * epochs
 
@@ -372,30 +373,7 @@ class Runner:
             self.log(f"[{stage.id}] done (the chief's run directory says so); skipped")
             return
         from pipeline import modelstage
-        modelstage.run(self._stage_job(stage, self._checkpoint_dir(stage, node_fingerprint)))
-
-    def _member_zero(self, stage: Stage) -> Path | None:
-        """Stage.member_zero_from's model.keras when it counts as the stage's member 0: trained with this exact recipe."""
-        source = self.summary.get("stages", {}).get(stage.member_zero_from, {}) if stage.member_zero_from else {}
-        path = self.run_dir / "stages" / stage.member_zero_from / "model.keras"
-        same = (source.get("settings") == dataclasses.asdict(self.train_settings(stage))
-                and source.get("network") == stage.network.describe() and path.exists())
-        return path if same else None
-
-    def _stage_job(self, stage: Stage, checkpoint_dir: Path):
-        """Everything the stage needs, resolved here, so that the stage never reaches back into the runner."""
-        from pipeline.modelstage import StageJob
-        member_zero = self._member_zero(stage)
-        return StageJob(
-            stage=stage, splits=self.load_splits(expanded=stage.data == "expanded"),
-            settings=tuple(self.train_settings(stage, k) for k in range(stage.members)), strategy=self.strategy,
-            checkpoint_dir=checkpoint_dir, output=self.run_dir / "stages" / stage.id,
-            export_prefix=f"stages/{stage.id}", tensorboard_dir=self.run_dir / "tensorboard" / stage.id,
-            log=self.log, train_limit=self.settings["train_limit"], chain_epochs=self.chain_epochs(stage),
-            parallel_members=self.settings["parallel_members"], member_zero=member_zero,
-            member_zero_entry=self.summary["stages"][stage.member_zero_from] if member_zero else None,
-            bundle=self.run_dir / "bundle" if stage.run_bundle else None,
-            data_provenance=self.data_provenance() if (self.run_dir / "data" / "data.json").exists() else None)
+        modelstage.run(self, stage, None, self._checkpoint_dir(stage, node_fingerprint))
 
     def _checkpoint_dir(self, stage: Stage, node_fingerprint: str) -> Path:
         return self.run_dir / "checkpoints" / f"{stage.id}-{node_fingerprint[:12]}"
@@ -423,7 +401,7 @@ class Runner:
                      f"{config.for_stage(self.settings, 'min_steps', stage.id)}")
         from pipeline import modelstage
         started = time.perf_counter()
-        entry = modelstage.run(self._stage_job(stage, self._checkpoint_dir(stage, node_fingerprint)))
+        entry = modelstage.run(self, stage, output, self._checkpoint_dir(stage, node_fingerprint))
         entry.update(wall_seconds=round(time.perf_counter() - started, 1), status="done",
                      trained_images=self.trained_images(stage))
         self._trained_work += self.training_work(stage)

@@ -21,12 +21,6 @@ class Stage:
     run_bundle: bool = field(default=False, repr=False)    # its bundle is the run's bundle/, which mnist-predict
     #                                                         and mnist-serve load
 
-    @property
-    def needs(self) -> tuple[str, ...]:
-        """The steps and stages whose outputs this stage reads."""
-        data = "expand" if self.data == "expanded" else "download"
-        return (data, self.member_zero_from) if self.member_zero_from else (data,)
-
 
 SIGMOID_CONV2 = (Conv(20), Conv(40), Dense(100))
 RELU_CONV2 = Network(SIGMOID_CONV2, "relu")
@@ -63,8 +57,6 @@ STAGES = [
     Stage("beyond", BEYOND_NET, "train", 0.03, 0.0, 30, 0.9967, members=3, optional=True),
 ]
 STAGE_BY_ID = {stage.id: stage for stage in STAGES}
-# The steps around the stages, each with what it needs (the report reads whatever exists).
-STEP_NEEDS = {"download": (), "expand": ("download",), "report": ()}
 # The stages beyond SEED.md, each with the published result it scales down: (test accuracy, who and how).
 BEYOND_SEED = {"beyond": (0.9987, "An et al. 2020, 'An Ensemble of Simple Convolutional Neural Network Models for "
                                   "MNIST Digit Recognition', a vote of three networks of about 25 times these "
