@@ -10,6 +10,7 @@ import numpy as np
 from fastapi.responses import HTMLResponse
 from mlserver import MLModel
 from mlserver.handlers import custom_handler
+from mlserver.repository import ModelRepository
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
 
@@ -45,11 +46,25 @@ def model_settings(served: Served, *, mode: str, max_batch: int) -> ModelSetting
                          parameters=ModelParameters(extra={"served": served, "mode": mode, "max_batch": max_batch}))
 
 
+class Catalogue(ModelRepository):
+    """The repository MLServer loads from (at start, and on a repository API load): the catalogue's models."""
+
+    def __init__(self, root: str, models: list[ModelSettings]):
+        self.models = models
+
+    async def find(self, name: str) -> list[ModelSettings]:
+        return [settings for settings in self.models if settings.name == name]
+
+    async def list(self) -> list[ModelSettings]:  # after find: the name `list` is this method from here on
+        return self.models
+
+
 class DigitModel(MLModel):
     async def load(self) -> bool:
         extra = self.settings.parameters.extra
         self.served, self.mode, self.max_batch = extra["served"], extra["mode"], extra["max_batch"]
         self.batcher = Batcher(self.served.ensemble, self.mode)
+        await self.batcher.predict(np.zeros((1, *IMAGES[1:]), np.float32))  # ready only once it has answered
         return True
 
     async def metadata(self):
