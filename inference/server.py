@@ -4,14 +4,14 @@
                 [--metrics-port 8082] [--repository-api]
 
 Models: `ensemble` and `ensemble-int8` (the bundle's fused graphs) and, given
-a run directory, each stage's network under its stage id. Every model is
-loaded and its files checked against their SHA-256 before any port opens: a
-damaged or missing bundle exits with status 2 and one sentence; ready means
-every model is loaded and has answered a first inference. Prometheus metrics
-(MLServer's: REST and gRPC requests, latency histograms, inference successes
-and failures) at /metrics on the metrics port; one access-log line per request
-on stderr. The repository API (load, unload, index) is closed unless
---repository-api opens it. One process
+a run directory, each stage's network under its stage id. Every file of the
+bundle is checked against its SHA-256 and every model loaded before any port
+opens: a damaged or missing bundle exits with status 2 and one sentence. Ready
+(GET /v2/health/ready) means every model is loaded and has answered a first
+inference. Prometheus metrics (MLServer's: REST and gRPC requests, latency
+histograms, inference successes and failures) at /metrics on the metrics
+port; one access-log line per request on stderr. The repository API (load,
+unload, index) is closed unless --repository-api opens it. One process
 (MLServer's parallel_workers: 0), so ONNX Runtime's threads own the cores;
 SIGTERM or Ctrl-C shuts it down cleanly. Imports no TensorFlow.
 """
