@@ -92,7 +92,7 @@ async def serve(models: list, args: argparse.Namespace) -> None:
     transport.log_grpc_access(server._grpc_server)
     if not args.repository_api:
         transport.close_repository(server._model_repository_handlers)
-    transport.ready_when_every_model_answers(server._data_plane, server._model_registry, [m.name for m in served])
+    transport.ready_when_every_model_answers(server._data_plane, server._model_registry, served)
     transport.use_numpy_over_grpc()
     transport.quiet_bad_requests()
     await server.start(served)

@@ -35,6 +35,7 @@ from mlserver import raw
 from mlserver.errors import MLServerError, ModelNotFound
 from mlserver.grpc import converters
 from mlserver.grpc import server as grpc_server_module
+from mlserver.grpc import utils as grpc_utils
 from mlserver.types import TensorData
 
 from inference.serve.binary import BinaryTensors, replaying
@@ -68,16 +69,21 @@ def log_access_on_stderr() -> None:
 
 
 def close_repository(handlers) -> None:
-    """REST /v2/repository/* and gRPC Repository* all call these three handlers: each refuses with a 403."""
+    """REST /v2/repository/* and gRPC Repository* all call these three handlers: each refuses with a 403
+    (gRPC: PERMISSION_DENIED for load and unload; MLServer answers UNKNOWN for any error of its index call)."""
     async def refuse(*_, **__):
         raise RepositoryClosed()
     handlers.index = handlers.load = handlers.unload = refuse
+    grpc_utils.STATUS_CODE_MAPPING[403] = grpc.StatusCode.PERMISSION_DENIED
 
 
-def ready_when_every_model_answers(data_plane, registry, names: list[str]) -> None:
-    """MLServer's ready asks only the models still registered: an unloaded one would not count against it."""
+def ready_when_every_model_answers(data_plane, registry, models: list) -> None:
+    """MLServer's ready asks only the models still registered: an unloaded one would not count against it.
+
+    models: the ModelSettings served, read at each probe (the list the repository loads from).
+    """
     async def every_model_ready() -> bool:
-        for name in names:
+        for name in [model.name for model in models]:
             try:
                 if not (await registry.get_model(name)).ready:
                     return False
