@@ -88,7 +88,7 @@ async def serve(models: list, args: argparse.Namespace) -> None:
                         model_repository_implementation_args={"models": served})
     server = MLServer(settings)
     transport.harden_rest(server._rest_server._app, max_body)
-    transport.log_access_on_stderr()
+    transport.log_on_stderr()
     transport.log_grpc_access(server._grpc_server)
     if not args.repository_api:
         transport.close_repository(server._model_repository_handlers)

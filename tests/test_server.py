@@ -60,6 +60,7 @@ def start(command: list[str]) -> tuple[subprocess.Popen, dict]:
     began = time.monotonic()
     while time.monotonic() - began < 120 and process.poll() is None:  # how fast: benchmarks/serving.py
         if status(f"http://127.0.0.1:{ports['http']}/v2/health/ready") == 200:
+            process.log_when_ready = log_so_far(process)
             return process, ports
         time.sleep(0.1)
     process.kill()
@@ -174,6 +175,8 @@ def metadata(server, protocol: str, model: str) -> dict:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_ready_with_metadata(server, protocol):
+    for model in ("ensemble", "ensemble-int8", "small"):  # each had answered before the first 200 on ready
+        assert f"Model {model} answered its warm-up inference in " in server["process"].log_when_ready
     triton = client(server, protocol)
     assert triton.is_server_live() and triton.is_server_ready()
     for model in ("ensemble", "ensemble-int8", "small"):

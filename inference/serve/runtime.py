@@ -4,6 +4,8 @@ MLServer builds one DigitModel per model from its ModelSettings; the loaded,
 checked ensemble arrives in `parameters.extra` (inference.serve.catalogue did
 the loading before any port opened).
 """
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from inference.serve.batching import Batcher
 from inference.serve.catalogue import Served
 from inference.serve.request import PICTURES, BadRequest, read_request
 
+log = logging.getLogger("mnist-serve")
 PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
 IMAGES = [-1, 28, 28, 1]
 INPUTS = [
@@ -64,7 +67,9 @@ class DigitModel(MLModel):
         extra = self.settings.parameters.extra
         self.served, self.mode, self.max_batch = extra["served"], extra["mode"], extra["max_batch"]
         self.batcher = Batcher(self.served.ensemble, self.mode)
-        await self.batcher.predict(np.zeros((1, *IMAGES[1:]), np.float32))  # ready only once it has answered
+        began = time.perf_counter()  # ready only once it has answered: a first inference here, before any request
+        await self.batcher.predict(np.zeros((1, *IMAGES[1:]), np.float32))
+        log.info("Model %s answered its warm-up inference in %.0f ms.", self.name, (time.perf_counter() - began) * 1e3)
         return True
 
     async def metadata(self):

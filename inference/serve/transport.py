@@ -60,12 +60,15 @@ def harden_rest(app: FastAPI, max_body: int) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
 
 
-def log_access_on_stderr() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s access %(message)s"))
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    access.propagate = False
+def log_on_stderr() -> None:
+    """This server's own lines (the access log, each model's warm-up) on stderr, at INFO; MLServer's go to stdout."""
+    for logger, form in ((logging.getLogger("mnist-serve"), "%(asctime)s %(message)s"),
+                         (access, "%(asctime)s access %(message)s")):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(form))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def close_repository(handlers) -> None:
