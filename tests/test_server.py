@@ -67,10 +67,10 @@ def start(command: list[str]) -> tuple[subprocess.Popen, dict]:
     pytest.fail(f"the server did not become ready: {output(process)[-2000:]}")
 
 
-def status(url: str, body: bytes | None = None) -> int | None:
+def status(url: str, body: bytes | None = None, headers: dict | None = None) -> int | None:
     """The HTTP status of a GET (or a POST of body); None when nothing answers."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, body), timeout=5) as answer:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers or {}), timeout=5) as answer:
             return answer.status
     except urllib.error.HTTPError as error:
         return error.code
@@ -456,10 +456,14 @@ def test_one_access_log_line_per_request(server):
     infer(server, "grpc", {"images": ("FP32", ONE)}, model="ensemble-int8")
     with pytest.raises(InferenceServerException):
         infer(server, "http", {"images": ("FP32", ONE)}, model="missing-model")
+    too_large = gzip.compress(b" " * ((MAX_BODY_MB << 20) + 1))  # refused before MLServer (and its metrics) see it
+    url = f"http://127.0.0.1:{server['ports']['http']}/v2/models/ensemble-int8/infer"
+    assert status(url, too_large, {"Content-Encoding": "gzip"}) == 413
     time.sleep(0.5)
     lines = log_so_far(server["process"]).splitlines()
     assert sum(" access REST POST /v2/models/ensemble-int8/infer 200 " in line for line in lines) >= 1
     assert sum(" access REST POST /v2/models/missing-model/infer 404 " in line for line in lines) == 1
+    assert sum(" access REST POST /v2/models/ensemble-int8/infer 413 " in line for line in lines) == 1
     assert sum(" access gRPC /inference.GRPCInferenceService/ModelInfer OK " in line for line in lines) >= 1
     assert all(line.endswith(" ms") for line in lines if " access " in line)
 
@@ -490,6 +494,18 @@ def test_binary_tensor_extension_over_rest(server, mnist_digits):
     outputs = {output["name"]: output for output in asked.get_response()["outputs"]}
     assert "binary_data_size" in outputs["class"]["parameters"] and "data" in outputs["probabilities"]
     np.testing.assert_array_equal(asked.as_numpy("class"), reference["class"])
+    header = json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": list(images.shape),
+                                     "parameters": {"binary_data_size": images.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    url = f"http://127.0.0.1:{server['ports']['http']}/v2/models/ensemble/infer"
+    with urllib.request.urlopen(urllib.request.Request(url, gzip.compress(header + images.tobytes()), {
+            "Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream",
+            "Content-Encoding": "gzip", "Accept-Encoding": "gzip"})) as answer:  # gzip both ways, as Triton allows
+        assert answer.headers["Content-Encoding"] == "gzip"
+        body, length = gzip.decompress(answer.read()), int(answer.headers["Inference-Header-Content-Length"])
+    assert json.loads(body[:length])["outputs"][0] == {"name": "class", "shape": [len(images)], "datatype": "INT64",
+                                                       "parameters": {"binary_data_size": 8 * len(images)}}
+    np.testing.assert_array_equal(np.frombuffer(body[length:length + 8 * len(images)], "<i8"), reference["class"])
     pictures = np.array([png(image) for image in images[:3]], dtype=object)  # raw bytes, no base64
     assert list(binary_infer(server, {"pictures": ("BYTES", pictures)}).as_numpy("class")) == [3, 0, 6]
 
@@ -500,7 +516,8 @@ def test_binary_body_that_does_not_add_up(server):
                                      "parameters": {"binary_data_size": 3136}}]}).encode()
     for raw, says in ((ONE.tobytes()[:100], "declares 3136 binary bytes, but the body holds 100 after its JSON"),
                       (ONE.tobytes() + b"xx", "The body holds 2 bytes more than its inputs' binary_data_size")):
-        request = urllib.request.Request(url, header + raw, {"Inference-Header-Content-Length": str(len(header))})
+        request = urllib.request.Request(url, header + raw, {"Inference-Header-Content-Length": str(len(header)),
+                                                             "Content-Type": "application/octet-stream"})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request)
         message = json.load(refused.value)["error"]

@@ -46,9 +46,12 @@ class BinaryTensors:
             message = str(error) if isinstance(error, BinaryRequestError) else f"The body is not valid: {EXPECTED}."
             return await JSONResponse({"error": message}, status_code=400)(scope, receive, send)
         binary = binary_outputs(request if request is not None else loads(body))
-        kept = [(k, v) for k, v in scope["headers"] if k not in (HEADER, b"content-length")
-                and not (binary and k == b"accept-encoding")]  # a gzip answer could not be re-encoded here
-        scope = {**scope, "headers": kept + [(b"content-length", str(len(body)).encode())]}
+        if request is not None:  # the body is JSON now, whatever type the binary one was sent as
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (HEADER, b"content-type")] + [
+                (b"content-type", b"application/json")]
+        # The scope is changed in place: MLServer's metrics, further out, read the route the router sets in it.
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [
+            (b"content-length", str(len(body)).encode())]
         await self.app(scope, replaying(body, receive), send if binary is None else BinaryAnswer(send, binary).send)
 
 

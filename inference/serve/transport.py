@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware import Middleware
 from fastapi.responses import JSONResponse
 from grpc import aio as grpc_aio
 from mlserver import raw
@@ -53,9 +54,9 @@ class RepositoryClosed(MLServerError):
 
 
 def harden_rest(app: FastAPI, max_body: int) -> None:
-    """Added last is outermost: the access log sees every answer, the body limit runs before the binary decoding."""
-    app.add_middleware(BinaryTensors)
-    app.add_middleware(BodyLimit, limit=max_body)
+    """The access log outermost, so it sees every answer; the body limit, then the binary decoding, innermost:
+    inside MLServer's metrics (their refusals are counted) and its gzip (a binary answer is compressed too)."""
+    app.user_middleware += [Middleware(BodyLimit, limit=max_body), Middleware(BinaryTensors)]
     app.add_middleware(AccessLog)
     app.add_exception_handler(RequestValidationError, invalid_request)
 
@@ -218,7 +219,7 @@ class BodyLimit:
         headers = dict(scope["headers"])
         if size <= self.limit and b"gzip" in headers.get(b"content-encoding", b""):
             body, size = gunzip(body, self.limit)
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-encoding"]}
+            scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-encoding"]  # in place: see binary
         if size > self.limit:
             megabytes = self.limit / (1 << 20)
             return await JSONResponse({"error": f"The request body is larger than the {megabytes:g} MB accepted "
