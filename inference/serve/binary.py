@@ -45,10 +45,12 @@ class BinaryTensors:
         except (ValueError, orjson.JSONDecodeError, BinaryRequestError) as error:
             message = str(error) if isinstance(error, BinaryRequestError) else f"The body is not valid: {EXPECTED}."
             return await JSONResponse({"error": message}, status_code=400)(scope, receive, send)
-        binary = binary_outputs(request if request is not None else loads(body))
         if request is not None:  # the body is JSON now, whatever type the binary one was sent as
             scope["headers"] = [(k, v) for k, v in scope["headers"] if k not in (HEADER, b"content-type")] + [
                 (b"content-type", b"application/json")]
+        elif b"binary_data" in body:  # a JSON body is parsed here only when it may ask for binary outputs
+            request = loads(body)
+        binary = binary_outputs(request)
         # The scope is changed in place: MLServer's metrics, further out, read the route the router sets in it.
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [
             (b"content-length", str(len(body)).encode())]
@@ -87,6 +89,8 @@ def loads(body: bytes) -> dict | None:
 
 def json_request(request: dict, raw: bytes) -> dict:
     """The request with each binary input's bytes as its JSON data."""
+    if not isinstance(request, dict) or not isinstance(request.get("inputs", []), list):
+        raise BinaryRequestError(f"The JSON header is not an inference request: {EXPECTED}.")
     start = 0
     for tensor in request.get("inputs") or []:
         parameters = tensor.get("parameters") or {}
