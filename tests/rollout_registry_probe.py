@@ -32,7 +32,8 @@ async def swap(base: Path) -> list:
     rollout = Rollout(base, threads=1, mode="vote", max_batch=BUSY_IMAGES)
     rollout.first()
     registry = MultiModelRegistry()
-    for settings in rollout.start_settings():
+    served = rollout.start_settings()
+    for settings in served:
         await registry.load(settings)
     shutil.copytree(base / "1", base / "2")
     seen, swapping = [], True
@@ -50,7 +51,7 @@ async def swap(base: Path) -> list:
             await asyncio.sleep(0)
     looking = [asyncio.create_task(request(phase)) for phase in range(PHASES)]
     await asyncio.sleep(0)
-    await rollout.update(registry)
+    await rollout.update(registry, served)
     await asyncio.sleep(0.1)
     swapping = False
     await asyncio.gather(*looking)

@@ -280,11 +280,6 @@ def test_a_bad_archive_stops_the_init_container_with_a_sentence_and_leaves_nothi
 
 # ---- The server, as the manifest starts it -------------------------------------------------
 
-@functools.cache
-def metrics_flag() -> bool:
-    return "--metrics-port" in run([sys.executable, "-m", "inference.server", "--help"]).stdout
-
-
 @pytest.fixture(scope="module")
 def served(bundle, store, tmp_path_factory):
     """The server started by the manifest's commands on the fetched bundle; yields the container ports' mapping."""
@@ -294,9 +289,6 @@ def served(bundle, store, tmp_path_factory):
     assert fetch(config, volumes).returncode == 0
     ports = {number: free_port() for number in set(container_ports().values())}
     command = command_here(container("server"), config, volumes, ports)
-    if not metrics_flag():  # until the server's --metrics-port lands: run the rest without it
-        at = command.index("--metrics-port")
-        del command[at:at + 2]
     log = volumes / "server.log"
     with open(log, "w") as output:
         process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
@@ -323,9 +315,6 @@ def test_each_probe_answers_200_on_the_port_it_names(served):
 
 
 def test_the_scraped_port_answers_prometheus_text(served):
-    if not metrics_flag():
-        pytest.skip("the server has no --metrics-port flag yet (the server helper's change); "
-                    "remove this skip once it is merged")
     from prometheus_client.parser import text_string_to_metric_families
     port, path = scraped_port()
     status, content_type, text = get(served[port], path)

@@ -77,11 +77,12 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serving(models: Path, log: Path):
     """The real server on free ports, ready; stopped with SIGTERM, which it must answer with exit status 0."""
-    ports = [free_port(), free_port()]
+    ports = [free_port(), free_port(), free_port()]
     with open(log, "w") as stderr:  # a file, not a pipe nobody reads while the tests run
         process = subprocess.Popen([sys.executable, "-m", "inference.server", "--models", str(models),
                                     "--host", "127.0.0.1", "--http-port", str(ports[0]),
-                                    "--grpc-port", str(ports[1])], stdout=stderr, stderr=subprocess.STDOUT)
+                                    "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+                                   stdout=stderr, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{ports[0]}"
     began = time.monotonic()
     while True:

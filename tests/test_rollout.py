@@ -54,7 +54,7 @@ def base(tmp_path_factory, run_dir):
 
 @pytest.fixture(scope="module")
 def server(base):
-    process, ports, _ = start([sys.executable, "-m", "inference.server", "--models", str(base),
+    process, ports = start([sys.executable, "-m", "inference.server", "--models", str(base),
                                "--poll-seconds", str(POLL_SECONDS)])
     yield {"ports": ports, "process": process}
     stop(process)
@@ -195,7 +195,7 @@ def test_sighup_without_polling_and_a_damaged_highest_version_at_start(tmp_path,
     """--poll-seconds 0: only SIGHUP looks again. At start the damaged version 2 is refused and 1 is served."""
     shutil.copytree(bundle, tmp_path / "1")
     copy_in(bundle, tmp_path, 2, damaged=True)
-    process, ports, _ = start([sys.executable, "-m", "inference.server", "--models", str(tmp_path),
+    process, ports = start([sys.executable, "-m", "inference.server", "--models", str(tmp_path),
                                "--poll-seconds", "0"])
     server = {"ports": ports}
     try:

@@ -13,6 +13,7 @@ import numpy as np
 from fastapi.responses import HTMLResponse
 from mlserver import MLModel
 from mlserver.handlers import custom_handler
+from mlserver.repository import ModelRepository
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
 
@@ -54,10 +55,25 @@ def model_settings(served: Served, *, mode: str, max_batch: int, version: str | 
                          inputs=INPUTS, outputs=OUTPUTS, parameters=ModelParameters(version=version, extra=extra))
 
 
+class Catalogue(ModelRepository):
+    """The repository MLServer loads from (at start, and on a repository API load): the catalogue's models."""
+
+    def __init__(self, root: str, models: list[ModelSettings]):
+        self.models = models
+
+    async def find(self, name: str) -> list[ModelSettings]:
+        return [settings for settings in self.models if settings.name == name]
+
+    async def list(self) -> list[ModelSettings]:  # after find: the name `list` is this method from here on
+        return self.models
+
+
 class DigitModel(MLModel):
     async def load(self) -> bool:
         extra = self.settings.parameters.extra
         self.served, self.mode, self.max_batch = extra["served"], extra["mode"], extra["max_batch"]
+        # Never awaits: MLServer makes a new version the default before load() returns, so a load that waited
+        # would leave requests a moment with a model not ready. The warm-up inference ran before (versions.prepare).
         self.batcher = Batcher(self.served.ensemble, self.mode)
         return True
 

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from mlserver.registry import MultiModelRegistry
 
+from inference.contract import IMAGE_SHAPE
 from inference.ensemble import bundle_dir
 from inference.serve.catalogue import Served, catalogue
 from inference.serve.runtime import model_settings
@@ -65,12 +67,16 @@ def fingerprint(path: Path) -> tuple:
 def prepare(path: Path, threads: int | None) -> list[Served]:
     """The models of a run directory or bundle, every file checked and each model run once on a blank image.
 
+    The warm-up inference is what makes a model ready: none is served before it has answered one.
     Raises OSError, ValueError or KeyError with a plain sentence, ONNX Runtime's own errors included.
     """
     try:
         models = catalogue(path, threads=threads)
         for served in models:
-            served.ensemble.predict(np.zeros((1, 28, 28, 1), np.float32))
+            began = time.perf_counter()
+            served.ensemble.predict(np.zeros((1, *IMAGE_SHAPE), np.float32))
+            log.info("Model %s answered its warm-up inference in %.0f ms.", served.name,
+                     (time.perf_counter() - began) * 1e3)
     except (OSError, ValueError, KeyError):
         raise
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises plain Exceptions for a graph it cannot run
@@ -148,14 +154,17 @@ class Rollout:
         for served in models:
             self.loaded.setdefault(served.name, []).append(version)
 
-    def watcher(self, server, poll_seconds: float) -> Coroutine:
-        """What watches BASE, for a task; MLServer's registry is checked here, before the server starts."""
+    def watcher(self, server, poll_seconds: float, served: list) -> Coroutine:
+        """What watches BASE, for a task; MLServer's registry is checked here, before the server starts.
+
+        served: the ModelSettings list that readiness and the repository read; each new version replaces its items.
+        """
         registry = server._model_registry  # noqa: SLF001 - MLServer 1.7.1 has no public way to load at run time
         if not isinstance(registry, MultiModelRegistry):
             raise RuntimeError("MLServer's model registry is not where 1.7.1 keeps it: check inference.serve.versions.")
-        return self.watch(registry, poll_seconds)
+        return self.watch(registry, poll_seconds, served)
 
-    async def watch(self, registry: MultiModelRegistry, poll_seconds: float) -> None:
+    async def watch(self, registry: MultiModelRegistry, poll_seconds: float, served: list) -> None:
         """Until cancelled: every poll_seconds (never when 0) and on SIGHUP, serve the highest complete version."""
         if self.version is None:
             return
@@ -168,12 +177,12 @@ class Rollout:
                 pass
             wake.clear()
             try:
-                await self.update(registry)
+                await self.update(registry, served)
             except Exception as error:  # noqa: BLE001 - whatever a new version does, the served one goes on
                 log.error("Serving a new version of %s failed: %s; version %d goes on serving.",
                           self.path, one_line(error), self.version)
 
-    async def update(self, registry: MultiModelRegistry) -> None:
+    async def update(self, registry: MultiModelRegistry, served: list) -> None:
         wanted = self.wanted()
         if not wanted or wanted[0] == self.version:
             return
@@ -183,8 +192,10 @@ class Rollout:
         except (OSError, ValueError, KeyError) as error:
             return self.refuse(version, error)
         # Loading a model whose load() never waits leaves no moment in which the new default is not ready.
-        for settings in self.settings(models, version):
+        new = self.settings(models, version)
+        for settings in new:
             await registry.load(settings)
+        served[:] = new
         old, self.version = self.version, version
         self.note_loaded(version, models)
         log.info("Version %d in %s answers now; version %s is retired once its requests are answered.",
