@@ -22,6 +22,7 @@ writes OUT. Imports no TensorFlow.
 """
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import shutil
@@ -85,6 +86,12 @@ def input_files(source: str) -> list[str]:
 def connect(address: str | None):
     """Ray: the cluster at address (or RAY_ADDRESS), else a local one on this machine's CPUs, quiet."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report sent anywhere
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # "local": a new Ray of its own (ray.init would join a cluster that `ray start` left on this machine), in
+        # Ray's single-machine mode, which keeps its addresses on the loopback, not the machine's network address.
+        address = "local"
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning")
@@ -141,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None,
                         help="workers, one CPU and one ensemble each (default: one per CPU of the cluster)")
     args = parser.parse_args(argv)
-    try:
-        import ray  # noqa: F401 - only to say what is missing
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         print("error: mnist-batch needs Ray Data: pip install 'mnist-cnn-progression[batch]'.", file=sys.stderr)
         return 2
     try:
