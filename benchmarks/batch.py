@@ -48,7 +48,8 @@ def main(argv=None) -> dict:
             Image.fromarray(255 - digit).save(files[-1])
         started = time.perf_counter()
         loop = list(predict_paths(files, Ensemble.load(models)))
-        rows.append(row("plain loop (one process, ONNX Runtime on all cores)", len(loop), time.perf_counter() - started))
+        rows.append(row("plain loop (one process, ONNX Runtime on all cores)", len(loop),
+                        time.perf_counter() - started))
         rows += ray_rows(files, models, scratch)
         if args.beam:
             rows += beam_rows(files, models, scratch)

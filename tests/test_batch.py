@@ -66,7 +66,8 @@ def first_run(inputs, bundle, tmp_path_factory):
 
 
 def read(output: Path):
-    return (pq.read_table(output / "predictions.parquet").to_pylist(), pq.read_table(output / "errors.parquet").to_pylist(),
+    return (pq.read_table(output / "predictions.parquet").to_pylist(),
+            pq.read_table(output / "errors.parquet").to_pylist(),
             json.loads((output / "manifest.json").read_text()))
 
 
