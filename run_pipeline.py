@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 from pipeline import config, native_log, sources
 from pipeline.errors import PipelineError
-from pipeline.runner import DEFAULT_NODES, STEPS, plan
+from pipeline.runner import DEFAULT_NODES, STEP_IDS, plan
 from pipeline.stages import STAGES
 
 
@@ -22,7 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     stage_ids = ", ".join(s.id + (" (optional)" if s.optional else "") for s in STAGES)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"steps: {', '.join(STEPS)}\nstages: {stage_ids}\n\npresets:\n" + "\n".join(
+        epilog=f"steps: {', '.join(STEP_IDS)}\nstages: {stage_ids}\n\npresets:\n" + "\n".join(
             f"  {name}: {values}" for name, values in config.PRESETS.items()))
     parser.add_argument("--stages", default="all",
                         help="comma-separated steps and/or stage ids to run (default: all, i.e. every "

@@ -2,6 +2,7 @@
 
     python -m benchmarks.pictures                          # the bundle in /work/runs/fast, 100 pictures per kind
     python -m benchmarks.pictures --models runs/fast --per-kind 25
+    python -m benchmarks.pictures --polarity --digits 1000   # MNIST's own digits as PNG, white on black and inverted
 
 The corpus is tests/picture_corpus.py: official MNIST test digits (the
 t10k IDX files) rendered as eight kinds of picture, seeded. The pictures are
@@ -11,6 +12,11 @@ a picture is right when its class is the digit's label. The same digits,
 clean, give the ensemble's accuracy to compare with. The time per picture is
 picture_from_bytes alone (decoding and the picture handling, no network), one
 picture at a time on one process. Timings on a shared machine are noisy.
+
+With --polarity the pictures are instead the first --digits test digits
+saved as grey PNG files as they are (MNIST's own white on black) and
+inverted (black on white), at 28, 112 and 280 pixels (enlarged bicubic):
+each polarity should read as the clean digits do.
 """
 import argparse
 import json
@@ -20,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from inference.ensemble import Ensemble
@@ -28,7 +35,7 @@ from inference.predict import predict_paths
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from picture_corpus import KINDS, corpus, official_test_digits  # noqa: E402
+from picture_corpus import Picture, corpus, official_test_digits  # noqa: E402
 
 DEFAULT_MODELS = Path("/work/runs/fast")
 
@@ -41,13 +48,18 @@ def main(argv=None) -> dict:
                         help="a folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
     parser.add_argument("--per-kind", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pictures.json"))
+    parser.add_argument("--polarity", action="store_true",
+                        help="MNIST's own digits as PNG in both polarities instead of the corpus")
+    parser.add_argument("--digits", type=int, default=1000, help="with --polarity: how many test digits")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/pictures.json "
+                                                  "(pictures_polarity.json with --polarity)")
     args = parser.parse_args(argv)
+    args.out = args.out or Path(f"benchmarks/results/pictures{'_polarity' if args.polarity else ''}.json")
     if args.models is None:
         parser.error("--models is required when /work/runs/fast does not exist")
 
     digits, labels = official_test_digits(args.mnist)
-    pictures = corpus(digits, args.per_kind, args.seed)
+    pictures = mnist_pngs(digits[:args.digits]) if args.polarity else corpus(digits, args.per_kind, args.seed)
     ensemble = Ensemble.load(args.models)
     with tempfile.TemporaryDirectory() as scratch:
         names = {}
@@ -63,15 +75,29 @@ def main(argv=None) -> dict:
     kinds = np.array([picture.kind for picture in pictures])
     right = classes == labels[sources]
     clean = ensemble.predict(digits[sources][..., None] / np.float32(255)).classes == labels[sources]
-    rows = [row(kind, right[kinds == kind], clean[kinds == kind], seconds[kinds == kind]) for kind in KINDS]
+    rows = [row(kind, right[kinds == kind], clean[kinds == kind], seconds[kinds == kind])
+            for kind in dict.fromkeys(kinds)]
     result = {"models": str(args.models), "digits": f"official MNIST test set ({args.mnist})",
-              "per_kind": args.per_kind, "seed": args.seed, "cpus": os.cpu_count(),
+              "per_kind": int(len(pictures) / len(rows)), "seed": args.seed, "cpus": os.cpu_count(),
               "load_average": [round(x, 2) for x in os.getloadavg()],
               "rows": rows, "overall": row("overall", right, clean, seconds)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
     return result
+
+
+def mnist_pngs(digits: np.ndarray, sides=(28, 112, 280)) -> list[Picture]:
+    """Each digit (uint8 [N, 28, 28]) as a grey PNG, white on black as MNIST has it and inverted, at each side."""
+    pictures = []
+    for white_on_black in (True, False):
+        for side in sides:
+            kind = f"{'white on black' if white_on_black else 'black on white'}, {side} px"
+            for source, digit in enumerate(digits):
+                pixels = digit if side == 28 else cv2.resize(digit, (side, side), interpolation=cv2.INTER_CUBIC)
+                pixels = pixels if white_on_black else 255 - pixels
+                pictures.append(Picture(kind, source, cv2.imencode(".png", pixels)[1].tobytes(), "png"))
+    return pictures
 
 
 def timed(data: bytes) -> float:

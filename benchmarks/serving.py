@@ -2,6 +2,13 @@
 
     python -m benchmarks.serving --models runs/fast       # a run directory or a bundle
 
+Also: how long the server takes from its start to ready (every file hashed,
+every model loaded and warmed up); REST both as JSON and with the binary
+tensor extension (tritonclient's default); and this server's own batching
+(inference.serve.batching: no timer, each request checked before it joins)
+against MLServer's adaptive batching (max_batch_size / max_batch_time) on the
+same ensemble, as "grpc_mlserver_batching", a second server in the same run.
+
 The server (`python -m inference.server`) runs as its own process on free
 ports of 127.0.0.1 and is called with tritonclient (MLServer and
 tritonclient.grpc cannot share a process). Rows: one image per request
@@ -34,7 +41,29 @@ from inference.ensemble import Ensemble, bundle_dir
 
 BATCH, PASS_IMAGES, CONCURRENCY = 256, 2560, (1, 8)
 CLIENTS = {"grpc": "tritonclient.grpc", "rest": "tritonclient.http"}
-TARGETS = {"grpc_throughput_ratio_min": 0.85, "grpc_p50_ms_at_concurrency_1_max": 5.0}
+TARGETS = {"grpc_throughput_ratio_min": 0.85, "grpc_p50_ms_at_concurrency_1_max": 5.0, "ready_seconds_max": 10.0}
+ADAPTIVE = {"max_batch_size": 64, "max_batch_time": 0.002}  # MLServer's adaptive batching, for the comparison
+# The server with MLServer's adaptive batching in place of inference.serve.batching: each (merged) request goes
+# straight to ONNX Runtime in a thread.
+MLSERVER_BATCHING = f"""
+import asyncio, sys
+from concurrent.futures import ThreadPoolExecutor
+from inference import server
+from inference.serve import runtime
+settings = runtime.model_settings
+def adaptive(*args, **kwargs):
+    model = settings(*args, **kwargs)
+    model.max_batch_size, model.max_batch_time = {ADAPTIVE["max_batch_size"]}, {ADAPTIVE["max_batch_time"]}
+    return model
+class Direct:
+    def __init__(self, ensemble, mode):
+        self.ensemble, self.mode, self.thread = ensemble, mode, ThreadPoolExecutor(1)
+    async def predict(self, images):
+        return await asyncio.get_running_loop().run_in_executor(
+            self.thread, lambda: self.ensemble.predict(images, mode=self.mode))
+runtime.model_settings, runtime.Batcher = adaptive, Direct
+sys.exit(server.main(sys.argv[1:]))
+"""
 
 
 def main(argv=None) -> dict:
@@ -52,10 +81,15 @@ def main(argv=None) -> dict:
     load_before = os.getloadavg()
     images = digits(args.models)
     ensemble = Ensemble.load(args.models, threads=args.threads)
-    with Server(args.models, args.threads) as ports:
+    ours, adaptive = Server(args.models, args.threads), Server(args.models, args.threads, MLSERVER_BATCHING)
+    with ours as ports, adaptive as adaptive_ports:
         contenders = {"in_process": lambda x: ensemble.predict(x),
-                      "grpc": remote("grpc", ports["grpc"]), "rest": remote("rest", ports["http"])}
+                      "grpc": remote("grpc", ports["grpc"]), "rest": remote("rest", ports["http"]),
+                      "rest_binary": remote("rest", ports["http"], binary=True),
+                      "grpc_mlserver_batching": remote("grpc", adaptive_ports["grpc"])}
         rates, seconds = measure(contenders, images, args.repeats, args.calls)
+        neighbours = {name: failed_neighbours(contenders[name], images[:1])
+                      for name in ("grpc", "grpc_mlserver_batching")}
         floor = {protocol: round(float(np.median([timed(ping) for _ in range(args.calls)])) * 1e3, 3)
                  for protocol, ping in (("grpc", readiness("grpc", ports["grpc"])),
                                         ("rest", readiness("rest", ports["http"])))}
@@ -67,8 +101,10 @@ def main(argv=None) -> dict:
               "machine_idle_before": load_before[0] < 1.0,
               "note": "load_average_before is everyone else's work; the benchmark itself adds 1-2 to the after figure",
               "rows": rows(rates, seconds), "server_phases_ms": steps, "round_trip_without_inference_ms": floor,
+              "ready_seconds": round(ours.ready_seconds, 2), "mlserver_adaptive_batching": ADAPTIVE,
+              "good_requests_failed_beside_a_bad_one": neighbours,
               "targets": TARGETS}
-    result["targets_met"] = targets_met(result["rows"])
+    result["targets_met"] = targets_met(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
@@ -84,25 +120,31 @@ def digits(models: Path) -> np.ndarray:
 
 
 class Server:
-    """The server as a subprocess on free ports; stopped with SIGTERM."""
+    """The server (or `program`, run with python -c, taking its arguments) as a subprocess on free ports.
 
-    def __init__(self, models: Path, threads: int):
-        self.ports = {"http": free_port(), "grpc": free_port()}
-        self.command = [sys.executable, "-m", "inference.server", "--models", str(models), "--threads", str(threads),
-                        "--http-port", str(self.ports["http"]), "--grpc-port", str(self.ports["grpc"])]
+    Stopped with SIGTERM; ready_seconds is from its start to its first 200 on /v2/health/ready.
+    """
+
+    def __init__(self, models: Path, threads: int, program: str | None = None):
+        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        start = ["-c", program] if program else ["-m", "inference.server"]
+        self.command = [sys.executable, *start, "--models", str(models), "--threads", str(threads),
+                        *(f"--{name}-port={port}" for name, port in self.ports.items())]
 
     def __enter__(self) -> dict:
         import urllib.request
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for _ in range(300):
+        began = time.monotonic()
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while time.monotonic() - began < 120:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/v2/health/ready", timeout=1)
+                self.ready_seconds = time.monotonic() - began
                 return self.ports
             except OSError:
                 if self.process.poll() is not None:
-                    raise SystemExit(f"the server stopped: {self.process.stderr.read()}")
-                time.sleep(0.1)
-        raise SystemExit("the server was not ready within 30 s")
+                    raise SystemExit(f"the server stopped with status {self.process.returncode}")
+                time.sleep(0.05)
+        raise SystemExit("the server was not ready within 120 s")
 
     def __exit__(self, *_):
         self.process.terminate()
@@ -115,10 +157,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def remote(protocol: str, port: int):
-    """predict(images) over tritonclient; one client per calling thread, made on first use."""
+def remote(protocol: str, port: int, binary: bool = False):
+    """predict(images) over tritonclient; one client per calling thread, made on first use.
+
+    REST sends JSON unless binary (the binary tensor extension); its answers come as binary tensors either way,
+    as tritonclient asks by default.
+    """
     module = importlib.import_module(CLIENTS[protocol])
-    options = {"binary_data": False} if protocol == "rest" else {}  # MLServer's REST side has no binary extension
+    options = {"binary_data": binary} if protocol == "rest" else {}
     local = threading.local()
 
     def predict(images: np.ndarray):
@@ -153,6 +199,24 @@ def measure(contenders: dict, images: np.ndarray, repeats: int, calls: int):
     return rates, seconds
 
 
+def failed_neighbours(predict, image: np.ndarray, rounds: int = 30) -> str:
+    """Eight clients at once, one of them sending pixels out of [0, 1]: how many of the seven good requests failed."""
+    failed = []
+
+    def call(images, good: bool):
+        try:
+            predict(images)
+        except Exception:  # noqa: BLE001 - the bad request's refusal, or a good one's failure: counted
+            failed.append(good)
+    for _ in range(rounds):
+        callers = [threading.Thread(target=call, args=(image + 5 if k == 0 else image, k != 0)) for k in range(8)]
+        for thread in callers:
+            thread.start()
+        for thread in callers:
+            thread.join()
+    return f"{sum(failed)} of {rounds * 7}"
+
+
 def concurrently(predict, images: np.ndarray, concurrency: int) -> list[float]:
     """Seconds per one-image call, with `concurrency` callers at once sharing the images."""
     times = []
@@ -182,10 +246,11 @@ def rows(rates: dict, seconds: dict) -> list[dict]:
     return result
 
 
-def targets_met(table: list[dict]) -> dict:
-    grpc = next(row for row in table if row["name"] == "grpc")
+def targets_met(result: dict) -> dict:
+    grpc = next(row for row in result["rows"] if row["name"] == "grpc")
     return {"grpc_throughput_ratio": grpc["throughput_ratio"] >= TARGETS["grpc_throughput_ratio_min"],
-            "grpc_p50_at_concurrency_1": grpc["concurrency_1"]["p50_ms"] <= TARGETS["grpc_p50_ms_at_concurrency_1_max"]}
+            "grpc_p50_at_concurrency_1": grpc["concurrency_1"]["p50_ms"] <= TARGETS["grpc_p50_ms_at_concurrency_1_max"],
+            "ready_seconds": result["ready_seconds"] <= TARGETS["ready_seconds_max"]}
 
 
 def phases(models: Path, threads: int, calls: int) -> dict:
@@ -250,7 +315,10 @@ def markdown(result: dict) -> str:
                      + " | ".join(cells) + " |")
     floor = result["round_trip_without_inference_ms"]
     lines += ["", f"A round trip with no inference (is the server ready?), p50: gRPC {floor['grpc']:.2f} ms, "
-                  f"REST {floor['rest']:.2f} ms.", "", "Server steps, median ms (no network):", "",
+                  f"REST {floor['rest']:.2f} ms. Ready {result['ready_seconds']:.1f} s after its start.", "",
+              "Good requests failed beside a bad one (8 concurrent clients, one sending pixels out of [0, 1]): "
+              + ", ".join(f"{name} {count}" for name, count in result["good_requests_failed_beside_a_bad_one"].items())
+              + ".", "", "Server steps, median ms (no network):", "",
               "| request | decode | validate | onnxruntime | respond |", "|---|---:|---:|---:|---:|"]
     for name, steps in result["server_phases_ms"].items():
         lines.append(f"| {name} | " + " | ".join(f"{steps[s]:.3f}" for s in ("decode", "validate", "onnxruntime",

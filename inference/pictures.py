@@ -21,7 +21,11 @@ MAX_ARRAY_BYTES = 512 << 20    # the largest .npy / IDX payload read
 WORKING_SIDE = 1000            # pictures are worked on with their long side shrunk to this (a 12-megapixel
                                # JPEG decodes at a quarter of its size, 1000 x 750, at once)
 POLARITY_SIDE = 256            # whether the ink is darker or lighter than the paper is decided on a copy this small
+STRONG_MARK = 0.5              # marks this share of the highest contrast or more decide the polarity
 BACKGROUND_SIDE = 128          # the paper's light is estimated on a copy this small: light varies slowly
+PAPER_KERNEL = 0.4             # ... by a closing this share of its short side wide: wider than any stroke of a digit
+                               # that fills the picture (a quarter left the thick strokes of MNIST digits as paper)
+BLACK_LEVEL = 0.05             # added to both sides of every brightness ratio: near black, noise is not ink (below)
 MIN_CONTRAST = 0.125           # ink this much darker (or lighter) than its paper, or less, is not a mark
 INK_THRESHOLD = 0.25           # the digit's pixels fainter than this fraction of its strokes' ink are background
 NOISE_SIGMAS = 5               # a mark stands out this many noise deviations above the paper
@@ -181,44 +185,77 @@ def opaque(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
 def ink_on_paper(rgb: np.ndarray) -> np.ndarray:
     """Each pixel's ink, float32 [H, W] in [0, 1]: its contrast against the paper's light at that place.
 
-    The picture is reflectance times light, so dividing by the estimated paper
-    cancels the light: ink reads alike in a dark corner, under a shadow or on
-    the bright side of the page. Dark ink is 1 - pixel / paper; light ink
-    (chalk) 1 - paper / pixel. Each colour channel counts, and the one where
-    the ink stands out most wins: yellow ink on white paper is dark in blue only.
+    The picture is reflectance times light, so measuring the ink against the
+    estimated paper cancels the light: ink reads alike in a dark corner,
+    under a shadow or on the bright side of the page (see darker_ink and
+    lighter_ink). Each colour channel counts, and the one where the ink
+    stands out most wins: yellow ink on white paper is dark in blue only.
+    Channels where the ink has the other polarity are left out (see polarity).
     """
-    darker = ink_is_darker(rgb)
-    paper = np.maximum(paper_light(rgb, darker), 1 / 255)
-    ratio = rgb / paper if darker else paper / np.maximum(rgb, 1 / 255)
-    return np.clip(1 - lowest(ratio), 0, 1)
+    darker, channels = polarity(rgb)
+    rgb = rgb[..., channels] if len(channels) < rgb.shape[2] else rgb  # a copy only when channels are left out
+    paper = np.maximum(paper_light(rgb, darker), 0)  # extended past the border by reflection, it may overshoot black
+    return np.clip(strongest(darker_ink(rgb, paper) if darker else lighter_ink(rgb, paper)), 0, 1)
 
 
-def ink_is_darker(rgb: np.ndarray) -> bool:
-    """Polarity: does the strongest mark stand out darker than the paper around it (ink) or lighter (chalk)?
+def darker_ink(pixels: np.ndarray, paper: np.ndarray) -> np.ndarray:
+    """Dark ink's contrast per channel: the share of the paper's light it takes away, 1 - pixel / paper.
+
+    BLACK_LEVEL (the darkness that sensor noise, flare and compression leave
+    in any picture) is added to both: a plain ratio breaks down where the
+    paper is black, where every black pixel would be fully dark ink. Against
+    lit paper (0.3 and above) the ratio is nearly unchanged.
+    """
+    return 1 - (pixels + BLACK_LEVEL) / (paper + BLACK_LEVEL)
+
+
+def lighter_ink(pixels: np.ndarray, paper: np.ndarray) -> np.ndarray:
+    """Light ink's contrast per channel (chalk; MNIST's own white on black): what it adds to the paper, over the light.
+
+    The light at a place is the paper's there against the picture's typical
+    paper (BLACK_LEVEL keeps it 1 all over a black canvas), and at least the
+    pixel itself (nothing reflects more light than it gets): chalk reads
+    alike in a board's dim corner and under the lamp. Not a ratio to the
+    paper, nearly nothing on a black canvas, where every speck of noise
+    would be fully ink; nor to the pixel alone, which makes faint edges as
+    strong as strokes: a white digit on black reads as its negative does.
+    """
+    light = (paper + BLACK_LEVEL) / (np.median(paper, axis=(0, 1)) + BLACK_LEVEL)
+    return (pixels - paper) / np.maximum(light, pixels)
+
+
+def polarity(rgb: np.ndarray) -> tuple[bool, list[int]]:
+    """Do the strong marks stand out darker than the paper around them (ink) or lighter (chalk)? And in which channels?
 
     Decided on a copy POLARITY_SIDE pixels long, against a wide median (of a
     yet smaller copy: it follows the light and ignores strokes, the paper
-    being the majority around every pixel). The peaks count, not the sums:
-    a stroke is sharp and strong, while the light's slopes that a median
-    misses (next to a dark desk, in a corner) are wide but weak.
+    being the majority around most pixels). Strong marks reach STRONG_MARK
+    of the highest contrast over a few pixels (a lone noisy pixel is not a
+    mark): the light's slopes that a median misses (next to a dark desk, in
+    a corner) are wide but weak. Then the strong marks' total contrast wins,
+    not the higher peak: a digit that fills the picture (MNIST's own, a
+    thick 0) is the majority around its hole, which stands out of it as
+    sharply as its strokes stand out of the paper, but over fewer pixels.
+    The channels kept are those where the ink stands out more in the winning
+    polarity: yellow on navy is lighter in red and green but darker in blue,
+    where the paper under the strokes cannot be told from them.
     """
     rgb = resized(rgb, POLARITY_SIDE)
     small = as_bytes(resized(rgb, BACKGROUND_SIDE))
     surroundings = cv2.medianBlur(small, odd(min(small.shape[:2]) // 2))
-    surroundings = np.maximum(enlarged(surroundings.astype(np.float32) / 255, rgb.shape), 1 / 255)
-    darker = 1 - lowest(rgb / surroundings)
-    lighter = 1 - lowest(surroundings / np.maximum(rgb, 1 / 255))
-    return peak(darker) >= peak(lighter)
+    surroundings = enlarged(surroundings.astype(np.float32) / 255, rgb.shape)
+    darker, lighter = (cv2.GaussianBlur(contrast, (0, 0), 1.0).reshape(contrast.shape)
+                       for contrast in (darker_ink(rgb, surroundings), lighter_ink(rgb, surroundings)))
+    strong = STRONG_MARK * max(darker.max(), lighter.max())
+    darker, lighter = (np.where(contrast > strong, contrast, 0).sum(axis=(0, 1)) for contrast in (darker, lighter))
+    is_darker = darker.max() >= lighter.max()
+    kept = darker >= lighter if is_darker else lighter > darker
+    return bool(is_darker), [int(channel) for channel in np.flatnonzero(kept)]
 
 
-def peak(contrast: np.ndarray) -> float:
-    """The highest contrast over a few pixels (a lone noisy pixel is not a peak)."""
-    return float(cv2.GaussianBlur(contrast, (0, 0), 1.0).max())
-
-
-def lowest(pixels: np.ndarray) -> np.ndarray:
-    """The lowest channel of every pixel, [H, W] (as fast as numpy goes: min(axis=2) is ten times slower)."""
-    return functools.reduce(np.minimum, [pixels[..., channel] for channel in range(pixels.shape[2])])
+def strongest(contrast: np.ndarray) -> np.ndarray:
+    """The highest channel of every pixel, [H, W] (as fast as numpy goes: max(axis=2) is ten times slower)."""
+    return functools.reduce(np.maximum, [contrast[..., channel] for channel in range(contrast.shape[2])])
 
 
 def noise_level(values: np.ndarray) -> float:
@@ -242,7 +279,7 @@ def paper_light(rgb: np.ndarray, darker_ink: bool) -> np.ndarray:
     border of a vignetted photo as if it were a stroke.
     """
     small = resized(rgb, BACKGROUND_SIDE)
-    width = odd(min(small.shape[:2]) // 4)
+    width = odd(int(min(small.shape[:2]) * PAPER_KERNEL))
     pad = ((width, width), (width, width), (0, 0))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width, width))
     paper = cv2.morphologyEx(np.pad(small, pad, mode="reflect", reflect_type="odd"),

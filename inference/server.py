@@ -1,13 +1,23 @@
 """Serve the ensemble over the Open Inference Protocol (KServe v2), REST and gRPC, with Seldon's MLServer.
 
-    mnist-serve --models RUN_DIR|BUNDLE [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081]
+    mnist-serve --models RUN_DIR|BUNDLE|BASE [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081]
+                [--metrics-port 8082] [--repository-api] [--poll-seconds 5]
 
 Models: `ensemble` and `ensemble-int8` (the bundle's fused graphs) and, given
-a run directory, each stage's network under its stage id. Every model is
-loaded and its files checked against their SHA-256 before any port opens: a
-damaged or missing bundle exits with status 2 and one sentence. One process
+a run directory, each stage's network under its stage id. Every file of the
+bundle is checked against its SHA-256 and every model loaded before any port
+opens: a damaged or missing bundle exits with status 2 and one sentence. Ready
+(GET /v2/health/ready) means every model is loaded and has answered a first
+inference. Prometheus metrics (MLServer's: REST and gRPC requests, latency
+histograms, inference successes and failures) at /metrics on the metrics
+port; one access-log line per request on stderr. The repository API (load,
+unload, index) is closed unless --repository-api opens it. One process
 (MLServer's parallel_workers: 0), so ONNX Runtime's threads own the cores;
 SIGTERM or Ctrl-C shuts it down cleanly. Imports no TensorFlow.
+
+BASE holds numbered versions (BASE/1, BASE/2, ...: each a run directory or a
+bundle): the highest complete one is served, and a higher one copied in later
+takes over without a restart or a lost request (inference.serve.versions).
 """
 import argparse
 import asyncio
@@ -15,18 +25,29 @@ import socket
 import sys
 from pathlib import Path
 
-from inference.ensemble import MODES, bundle_dir
-from inference.serve.catalogue import catalogue
+from inference.ensemble import MODES
+from inference.serve.versions import Rollout
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", required=True, type=Path, metavar="RUN_DIR|BUNDLE",
-                        help="a run directory (its bundle and each stage's network) or an ensemble bundle")
+    parser.add_argument("--models", required=True, type=Path, metavar="RUN_DIR|BUNDLE|BASE",
+                        help="a run directory (its bundle and each stage's network), an ensemble bundle, or a base "
+                             "directory of versions 1, 2, ... (each a run directory or bundle; a version is complete "
+                             "once its bundle's manifest.json is in it, so copy that last or rename the version "
+                             "directory into place)")
+    parser.add_argument("--poll-seconds", type=float, default=5, metavar="S",
+                        help="how often to look for a new version in BASE; 0: only on SIGHUP (default: 5)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface "
                                                             "(default: 127.0.0.1)")
     parser.add_argument("--http-port", type=int, default=8080, metavar="PORT", help="REST (default: 8080)")
     parser.add_argument("--grpc-port", type=int, default=8081, metavar="PORT", help="gRPC (default: 8081)")
+    parser.add_argument("--metrics-port", type=int, default=8082, metavar="PORT",
+                        help="Prometheus metrics at /metrics (default: 8082)")
+    parser.add_argument("--repository-api", action="store_true",
+                        help="open the repository API (POST /v2/repository/index, .../models/NAME/load and unload, "
+                             "and gRPC's Repository* calls); closed by default, since anyone who reaches the port "
+                             "could unload the models")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="ONNX Runtime threads per model (default: every CPU)")
     parser.add_argument("--mode", choices=MODES, default="vote",
@@ -36,19 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-body-mb", type=float, default=32, metavar="M",
                         help="the largest REST body or gRPC message, in MB of 2**20 bytes (default: 32)")
     args = parser.parse_args(argv)
+    if args.poll_seconds < 0:
+        parser.error("--poll-seconds must be 0 (only on SIGHUP) or more.")
+    rollout = Rollout(args.models, threads=args.threads, mode=args.mode, max_batch=args.max_batch)
     try:
-        models = catalogue(args.models, threads=args.threads)
+        rollout.first()
     except (OSError, ValueError, KeyError) as error:
         print(f"error: cannot serve the models in {args.models}: {error}", file=sys.stderr)
         return 2
-    for port in (args.http_port, args.grpc_port):
+    for port in (args.http_port, args.grpc_port, args.metrics_port):
         if not free(args.host, port):
             print(f"error: cannot listen on {args.host}:{port}: the address is in use or not this machine's.",
                   file=sys.stderr)
             return 2
     from mlserver.utils import install_uvloop_event_loop  # MLServer's own command runs on uvloop too
     install_uvloop_event_loop()
-    asyncio.run(serve(models, args, repository=bundle_dir(args.models)))
+    asyncio.run(serve(rollout, args))
     return 0
 
 
@@ -61,23 +85,33 @@ def free(host: str, port: int) -> bool:
         return False
 
 
-async def serve(models: list, args: argparse.Namespace, repository: Path) -> None:
-    """Run MLServer until SIGTERM/SIGINT; it is ready once every model has loaded."""
+async def serve(rollout: Rollout, args: argparse.Namespace) -> None:
+    """Run MLServer until SIGTERM/SIGINT; it is ready once every model has loaded and answered."""
     from mlserver import MLServer
     from mlserver.settings import Settings
 
     from inference.serve import transport
-    from inference.serve.runtime import model_settings
+    from inference.serve.runtime import Catalogue
     max_body = int(args.max_body_mb * (1 << 20))
-    # The repository API looks for model-settings.json files under its root: the bundle holds none.
+    served = rollout.start_settings()  # the one list that loads, readiness and the repository read; rollout updates it
     settings = Settings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, parallel_workers=0,
-                        grpc_max_message_length=max_body, metrics_endpoint=None, debug=False,
-                        model_repository_root=str(repository))
+                        grpc_max_message_length=max_body, metrics_port=args.metrics_port, metrics_endpoint="/metrics",
+                        debug=False, model_repository_implementation=Catalogue,
+                        model_repository_implementation_args={"models": served})
     server = MLServer(settings)
     transport.harden_rest(server._rest_server._app, max_body)
+    transport.log_on_stderr()
+    transport.log_grpc_access(server._grpc_server)
+    if not args.repository_api:
+        transport.close_repository(server._model_repository_handlers)
+    transport.ready_when_every_model_answers(server._data_plane, server._model_registry, served)
     transport.use_numpy_over_grpc()
     transport.quiet_bad_requests()
-    await server.start([model_settings(model, mode=args.mode, max_batch=args.max_batch) for model in models])
+    watching = asyncio.create_task(rollout.watcher(server, args.poll_seconds, served))
+    try:
+        await server.start(served)
+    finally:
+        watching.cancel()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Presets: small, plain dicts of settings, each overridable with --set key=value.
+"""Presets: small, plain dicts of settings, each overridable with --set key=value; and one network's settings.
 
 A value is either one setting for every stage, or a dict keyed by stage id
 with a "default". "reference" means the stage's own figure in SEED.md.
+The runner resolves them, per stage and member, into a TrainSettings.
 """
 import copy
 import json
+from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
 from pipeline.stages import STAGE_BY_ID, STAGES
@@ -119,3 +121,25 @@ def for_stage(settings: dict, key: str, stage_id: str):
     if isinstance(value, dict):
         return value.get(stage_id, value.get("default"))
     return value
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One network's training recipe, as the runner resolves it from the settings for a stage and member."""
+    epochs: int
+    batch_size: int            # global
+    optimizer: str             # "sgd" or "adam"
+    learning_rate: float
+    schedule: str = "constant"  # or "warmup_cosine"
+    warmup_fraction: float = 0.0
+    lmbda: float = 0.0         # reference L2 parameter
+    weight_decay: float = 0.0  # decoupled weight decay (Adam with it is AdamW): weights shrink by lr x this a step
+    shuffle: bool = False      # reshuffle every epoch (the reference does not)
+    max_shift: int = 0         # random whole-pixel shifts per image per epoch
+    max_rotation: float = 0.0  # random turns, in degrees either way
+    max_zoom: float = 0.0      # random scaling by 1 +- this
+    shift_only_last_epochs: int = 0  # the last epochs see shifts only: no turns or zooms
+    steps_per_call: int = 100
+    seed: int = 0
+    init: str = "reference"    # starting weights (models.layers.initializers)
+    eval_batch_size: int = 1000

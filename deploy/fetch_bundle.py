@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Put an ensemble bundle on the model volume: fetch its archive, check every file, then move it into place.
+
+    mnist-fetch-bundle --url URL [--sha256 HEX] --into /models/VERSION
+
+The Kubernetes manifest's init container (deploy/kubernetes.yaml); the image has it as
+/usr/local/bin/mnist-fetch-bundle. The archive is a .tar.gz of one bundle directory
+(tar -czf bundle.tar.gz -C runs/fast bundle), at an http(s) URL such as an object
+store's (public or presigned) or a file:// one. It must match --sha256 when given, and
+every file the bundle's manifest.json lists its SHA-256: only then is the directory
+renamed into place, so a server never sees a half-written or damaged bundle. A bundle
+already in place that checks out is kept: the pods after the first start without a
+download. Bad input exits with status 2 and one sentence, leaving nothing behind.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from inference.artifacts import sha256
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mnist-fetch-bundle", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True, help="the bundle's .tar.gz: http://, https:// or file://")
+    parser.add_argument("--sha256", default="", metavar="HEX", help="the archive's SHA-256 (empty: not checked)")
+    parser.add_argument("--into", required=True, type=Path, metavar="DIR", help="where the bundle goes")
+    args = parser.parse_args(argv)
+    try:
+        print(place(args.url, args.sha256.strip().lower(), args.into))
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: cannot put the bundle of {args.url} into {args.into}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def place(url: str, archive_sha256: str, target: Path) -> str:
+    """Fetch, unpack and check the bundle beside `target` (the same file system), then rename it into place."""
+    if intact(target):
+        return f"{target} holds a bundle whose files match its manifest: kept."
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        archive = staging / "bundle.tar.gz"
+        digest = download(url, archive)
+        if archive_sha256 and digest != archive_sha256:
+            raise ValueError(f"the archive's SHA-256 is {digest}, not the {archive_sha256} expected.")
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(staging / "unpacked", filter="data")  # no absolute paths, links out or devices
+        except tarfile.TarError as error:
+            raise ValueError(f"it is not a .tar.gz of a bundle directory ({error}).") from None
+        bundle = bundle_root(staging / "unpacked")
+        check(bundle)
+        if target.exists():  # a damaged copy (intact() said so): out of the way, deleted with the staging
+            os.rename(target, staging / "damaged")
+        try:
+            os.rename(bundle, target)
+        except OSError:
+            if not intact(target):  # another pod's init container put the same bundle in meanwhile
+                raise
+        return f"{target} now holds the bundle of {url}, every file checked against its manifest."
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def download(url: str, path: Path) -> str:
+    """The archive onto the volume, hashed on the way; its SHA-256."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as answer, open(path, "wb") as file:
+            for block in iter(lambda: answer.read(1 << 20), b""):
+                digest.update(block)
+                file.write(block)
+    except urllib.error.URLError as error:
+        raise OSError(f"fetching it failed: {getattr(error, 'reason', error)}.") from None
+    return digest.hexdigest()
+
+
+def bundle_root(unpacked: Path) -> Path:
+    """The unpacked bundle: the archive's top, or its one directory."""
+    if (unpacked / "manifest.json").is_file():
+        return unpacked
+    inside = [path for path in unpacked.iterdir() if (path / "manifest.json").is_file()]
+    if len(inside) != 1:
+        raise ValueError("the archive holds no bundle (a manifest.json at its top or in one directory).")
+    return inside[0]
+
+
+def check(bundle: Path) -> None:
+    """Every file the manifest lists is there and matches its SHA-256; raises ValueError otherwise."""
+    files = json.loads((bundle / "manifest.json").read_text())["files"]
+    for name, entry in files.items():
+        path = bundle / name
+        if not path.is_file() or sha256(path) != entry["sha256"]:
+            raise ValueError(f"{name} is missing or does not match its SHA-256 in manifest.json: the copy is damaged.")
+
+
+def intact(bundle: Path) -> bool:
+    try:
+        check(bundle)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
