@@ -11,8 +11,8 @@ import onnx
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                       quantize_static)
 
-from export.artifacts import ExportError, as_properties
-from inference.artifacts import copy_file, sha256, write_bytes, write_json
+from export.metadata import ExportError, as_properties
+from inference.files import copy_file, sha256, write_bytes, write_json
 from inference.contract import (CLASS_OUTPUT, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, OPSET, PREPROCESSING,
                              VOTES_OUTPUT, as_images)
 from inference.ensemble import Ensemble

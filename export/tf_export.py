@@ -4,7 +4,6 @@ tf2onnx's `from_keras` fails on Keras 3 models, so both artifacts come from one
 `tf.function` with a fixed input signature: the SavedModel serves it and
 tf2onnx converts it with `from_function`.
 """
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from export.artifacts import ExportError, as_properties
-from inference.artifacts import replace_dir, sha256, write_bytes, write_json
+from export.metadata import ExportError, as_properties
+from inference.files import sha256, staged_directory, write_bytes, write_json
 from inference.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING
 
 __all__ = ["ExportError", "export_model", "check_parity"]
@@ -71,10 +70,8 @@ def export_model(model, out_dir: Path, *, name: str, metadata: dict, images: np.
 
 def save_savedmodel(serving: Serving, path: Path) -> None:
     """TensorFlow Serving layout <name>/<version>/, written beside and renamed into place."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    tf.saved_model.save(serving, str(temporary), signatures={"serving_default": serving.serve})
-    replace_dir(temporary, path)
+    with staged_directory(path) as temporary:
+        tf.saved_model.save(serving, str(temporary), signatures={"serving_default": serving.serve})
 
 
 def to_onnx(serving: Serving, metadata: dict) -> onnx.ModelProto:

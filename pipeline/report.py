@@ -10,9 +10,6 @@ import base64
 import datetime
 import html
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from inference.vote import vote
 from models import Conv
 from pipeline.evaluate import NUM_CLASSES, evaluate
+from pipeline.rundir import staged_directory
 from pipeline.stages import BEYOND_SEED, STAGE_BY_ID, STAGES
 
 REFERENCE_PRESETS = ("seed",)     # the preset with the reference hyperparameters
@@ -40,16 +38,11 @@ def write_report(run_dir: Path) -> dict:
     """Write <run_dir>/report/ (replacing an old one) and say what it holds and what it skipped."""
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
-    try:
+    with staged_directory(run_dir / "report") as tmp:
         report = _Report(run_dir, summary, tmp)
         report.build()
         (tmp / "report.md").write_text(to_markdown(report.blocks))
         (tmp / "report.html").write_text(to_html(report.blocks, tmp))
-        _replace(tmp, run_dir / "report")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"report": str(run_dir / "report"), **report.info}
 
 
@@ -472,12 +465,3 @@ def to_html(blocks: list, image_dir: Path) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
-
-def _replace(new: Path, target: Path):
-    """Put the finished directory `new` at `target`; an older report is moved aside, then removed."""
-    new.chmod(0o755)  # mkdtemp made it private
-    old = Path(tempfile.mkdtemp(prefix=".report-old-", dir=target.parent))
-    if target.exists():
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    shutil.rmtree(old)

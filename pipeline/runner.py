@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import config, expand, sources
-from pipeline.artifacts import (clean_unfinished, digest_arrays, fingerprint, run_lock, staged_directory,
+from pipeline.rundir import (clean_unfinished, digest_arrays, fingerprint, run_lock, staged_directory,
                                 write_json)
 from pipeline.errors import PipelineError
 from pipeline.progress import minutes

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.artifacts import sha256
+from inference.files import sha256, sha256_matches
 from pipeline.errors import PipelineError
 from pipeline.idx import read_idx
 
@@ -102,7 +102,7 @@ def from_directory(directory) -> Splits:
         found = next((path for path in candidates if path.exists()), None)
         if found is None:
             raise PipelineError(f"{directory} has no {name} (nor an uncompressed {stem}).")
-        if found.name in sums and sha256(found) != sums[found.name]:
+        if found.name in sums and not sha256_matches(found, sums[found.name]):
             raise PipelineError(f"{found} does not match the SHA-256 in {directory / 'SHA256SUMS'}.")
         paths[name] = found
     return read_idx_set(paths, source=str(directory))
@@ -164,7 +164,7 @@ def from_mirror(url: str, cache_dir: Path) -> Splits:
         if name not in sums:
             raise PipelineError(f"The SHA256SUMS of {base} does not list {name}.")
         path = cache_dir / name
-        if not (path.exists() and sha256(path) == sums[name]):
+        if not (path.exists() and sha256_matches(path, sums[name])):
             download_verified(base + name, path, sums[name])
         paths[name] = path
     return read_idx_set(paths, source=base)

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from inference.artifacts import write_json
+from inference.files import write_json
 from models import Network
 from models.networks import build_network
 from pipeline import inputs

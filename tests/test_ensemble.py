@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import TRAIN
-from inference.artifacts import sha256
+from inference.files import sha256
 from inference.ensemble import Ensemble, training_data_warning
 from export.fuse import member_output, vote_model
 from inference.vote import vote

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.artifacts import run_lock
+from pipeline.rundir import run_lock
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
