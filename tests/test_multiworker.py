@@ -25,6 +25,8 @@ import pytest
 from pipeline.rundir import run_lock
 from pipeline.errors import PipelineError
 
+pytestmark = pytest.mark.slow  # every test here starts a cluster of worker processes
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["baseline", "dropout"]
 EPOCHS = 4
