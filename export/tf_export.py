@@ -14,12 +14,11 @@ import tf2onnx
 
 from export.metadata import ExportError, as_properties
 from inference.files import sha256, staged_directory, write_bytes, write_json
-from inference.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING
+from inference.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING, SCORING_BATCH
 
 __all__ = ["ExportError", "export_model", "check_parity"]
 
 PARITY_TOLERANCE = 1e-5
-BATCH = 1000
 SIGNATURE = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name=INPUT_NAME)
 
 
@@ -85,8 +84,8 @@ def to_onnx(serving: Serving, metadata: dict) -> onnx.ModelProto:
 
 
 def predict_in_batches(predict, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(predict(images[start:start + BATCH]))
-                           for start in range(0, len(images), BATCH)])
+    return np.concatenate([np.asarray(predict(images[start:start + SCORING_BATCH]))
+                           for start in range(0, len(images), SCORING_BATCH)])
 
 
 def check_parity(expected: np.ndarray, actual: np.ndarray, what: str) -> float:

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from inference.contract import NUM_CLASSES, SCORING_BATCH
 from inference.files import write_json
 from models import Network
 from models.networks import build_network
@@ -101,7 +102,7 @@ def make_train_steps(model, optimizer, strategy, global_batch: int):
     return train_steps
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def predict(model: keras.Model, images: np.ndarray, batch_size: int = SCORING_BATCH) -> np.ndarray:
     """Probabilities [N, 10] for uint8 images [N, 28, 28], in inference mode (no dropout).
 
     Eager calls: at 1,000 images a call the kernels dominate, and a
@@ -110,7 +111,7 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> n
     """
     out = [model(tf.constant(images[i:i + batch_size, ..., None], tf.float32) / 255.0, training=False).numpy()
            for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 
 def write_history_csv(path: Path, history: list) -> None:
