@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from inference import run_layout as layout
+from inference.run_layout import RunLayout
 from inference.vote import vote
 from models import Conv
 from pipeline.evaluate import NUM_CLASSES, evaluate
@@ -38,16 +40,16 @@ def write_report(run_dir: Path) -> dict:
     """Write <run_dir>/report/ (replacing an old one) and say what it holds and what it skipped."""
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
-    with staged_directory(run_dir / "report") as tmp:
+    with staged_directory(RunLayout(run_dir).report) as tmp:
         report = _Report(run_dir, summary, tmp)
         report.build()
         (tmp / "report.md").write_text(to_markdown(report.blocks))
         (tmp / "report.html").write_text(to_html(report.blocks, tmp))
-    return {"report": str(run_dir / "report"), **report.info}
+    return {"report": str(RunLayout(run_dir).report), **report.info}
 
 
 def load_summary(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
+    return json.loads(RunLayout(Path(run_dir)).summary.read_text())
 
 
 def stage_order(ids) -> list:
@@ -94,6 +96,7 @@ class _Report:
 
     def __init__(self, run_dir: Path, summary: dict, out: Path):
         self.run_dir, self.summary, self.out = run_dir, summary, out
+        self.layout = RunLayout(run_dir)
         self.stages = summary.get("stages", {})
         self.done = [i for i in stage_order(self.stages) if self.stages[i].get("status") == "done"]
         self.failed = [i for i in self.done if self.stages[i].get("warning")]
@@ -206,12 +209,12 @@ class _Report:
 
     def histories(self, stage_id: str) -> list:
         """(label, history) pairs: the stage's own, or one per member of a voting stage."""
-        folder = self.run_dir / "stages" / stage_id
+        folder = self.layout.stage(stage_id)
         if self.stages[stage_id].get("members"):
             members = {int(p.stem.rsplit("_", 1)[1]): p for p in folder.glob("history_member_*.csv")}
             paths = {f"member {k}": members[k] for k in sorted(members)}
         else:
-            paths = {stage_id: folder / "history.csv"}
+            paths = {stage_id: folder / layout.HISTORY}
         return [(label, np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True)))
                 for label, path in paths.items() if path.exists()]
 
@@ -283,7 +286,7 @@ class _Report:
         convolutional = [i for i in self.done if i in STAGE_BY_ID
                          and any(isinstance(layer, Conv) for layer in STAGE_BY_ID[i].network.hidden)]
         for stage_id in [i for i in FILTER_STAGES if i in convolutional] + convolutional:
-            path = self.run_dir / "stages" / stage_id / "model.keras"
+            path = self.layout.stage(stage_id) / layout.MODEL
             if path.exists():
                 from models.layers import ConvPool
                 from models.networks import load_model
@@ -296,16 +299,16 @@ class _Report:
     def final_predictions(self):
         """(stage id, predicted classes) of the ensemble's vote, else of the last stage with test predictions."""
         for stage_id in (["ensemble"] if "ensemble" in self.done else []) + self.done[::-1]:
-            folder = self.run_dir / "stages" / stage_id
-            if (folder / "member_probabilities.npy").exists():
-                return stage_id, vote(np.load(folder / "member_probabilities.npy"))[0]
-            if (folder / "test_probabilities.npy").exists():
-                return stage_id, np.load(folder / "test_probabilities.npy").argmax(axis=-1)
+            folder = self.layout.stage(stage_id)
+            if (folder / layout.MEMBER_PROBABILITIES).exists():
+                return stage_id, vote(np.load(folder / layout.MEMBER_PROBABILITIES))[0]
+            if (folder / layout.TEST_PROBABILITIES).exists():
+                return stage_id, np.load(folder / layout.TEST_PROBABILITIES).argmax(axis=-1)
         return None
 
     def errors(self):
         self.add("h2", "Misclassified test digits")
-        data = self.run_dir / "data"
+        data = self.layout.data
         found = self.final_predictions()
         if found is None or not (data / "test_labels.npy").exists():
             self.skip("Gallery and confusion matrix", "no test labels or test predictions in this run")
@@ -350,7 +353,7 @@ class _Report:
         self.add("h2", "Deploy")
         bundle = self.stages.get("ensemble", {}).get("bundle") if "ensemble" in self.done else None
         if bundle:
-            self.add("p", f"The bundle in {self.run_dir / 'bundle'} is the five networks and their vote as ONNX "
+            self.add("p", f"The bundle in {self.layout.bundle} is the five networks and their vote as ONNX "
                           f"graphs, for ONNX Runtime alone (no TensorFlow): {bundle_accuracy(bundle)}. Classify "
                           "pictures with it, or serve it over the Open Inference Protocol:")
             self.add("code", f"mnist-predict --models {self.run_dir} digit.png scans/\n"
@@ -358,7 +361,7 @@ class _Report:
         else:
             self.skip("Deploy", "no finished ensemble stage, so no bundle")
         for stage_id in self.beyond:
-            bundle, folder = self.stages[stage_id].get("bundle"), self.run_dir / "stages" / stage_id / "bundle"
+            bundle, folder = self.stages[stage_id].get("bundle"), self.layout.stage(stage_id) / layout.BUNDLE
             if bundle:
                 self.add("p", f"Beyond the seed, {stage_id}'s bundle in {folder} holds its "
                               f"{len(bundle.get('members', []))} networks and their vote: {bundle_accuracy(bundle)}.")
