@@ -9,7 +9,6 @@ bundle's run, its data.json), so this module is plain pathlib, no TensorFlow.
     stages/<id>/members/member_<k>.keras, history_member_<k>.csv, member_probabilities.npy (a voting stage)
     bundle/ (the run's), stages/<id>/bundle/ (a voting stage's own)    report/    checkpoints/    tensorboard/
 """
-from dataclasses import dataclass
 from pathlib import Path
 
 # The files of a stage directory.
@@ -26,41 +25,15 @@ def member_history(k: int) -> str:
     return f"history_member_{k}.csv"
 
 
-@dataclass(frozen=True)
 class RunLayout:
-    root: Path
+    """The paths of the run directory `root`."""
 
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def data_info(self) -> Path:
-        return self.data / "data.json"
-
-    @property
-    def expanded(self) -> Path:
-        return self.root / "expanded"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def bundle(self) -> Path:
-        return self.root / BUNDLE
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.summary, self.manifest = self.root / "summary.json", self.root / "manifest.json"
+        self.data, self.expanded, self.cache = self.root / "data", self.root / "expanded", self.root / "cache"
+        self.data_info = self.data / "data.json"
+        self.bundle, self.report = self.root / BUNDLE, self.root / "report"
 
     def stage(self, stage_id: str) -> Path:
         return self.root / "stages" / stage_id
