@@ -417,53 +417,46 @@ def _confusion_figure(confusion: np.ndarray, stage_id: str) -> Figure:
     return fig
 
 
+def markdown_table(header, rows) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |" for line in lines)
+
+
+MARKDOWN = {
+    "h1": lambda text: f"# {text}", "h2": lambda text: f"## {text}", "p": lambda text: text,
+    "note": lambda text: f"*{text}*", "banner": lambda text: f"> **⚠ {text}**",
+    "code": lambda text: f"```\n{text}\n```", "table": markdown_table,
+    "image": lambda name, caption: f"![{caption}]({name})",
+}
+
+
 def to_markdown(blocks: list) -> str:
-    out = []
-    for kind, *content in blocks:
-        if kind in ("h1", "h2"):
-            out.append("#" * int(kind[1]) + " " + content[0])
-        elif kind == "p":
-            out.append(content[0])
-        elif kind == "note":
-            out.append(f"*{content[0]}*")
-        elif kind == "banner":
-            out.append(f"> **⚠ {content[0]}**")
-        elif kind == "code":
-            out.append(f"```\n{content[0]}\n```")
-        elif kind == "table":
-            header, rows = content
-            lines = [header, ["---"] * len(header), *rows]
-            out.append("\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |"
-                                 for line in lines))
-        else:  # image
-            out.append(f"![{content[1]}]({content[0]})")
-    return "\n\n".join(out) + "\n"
+    return "\n\n".join(MARKDOWN[kind](*content) for kind, *content in blocks) + "\n"
+
+
+def html_table(header, rows) -> str:
+    esc = html.escape
+    cells = "".join(f"<th>{esc(c)}</th>" for c in header)
+    return (f"<table><thead><tr>{cells}</tr></thead><tbody>" + "".join(
+        "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>")
 
 
 def to_html(blocks: list, image_dir: Path) -> str:
     """One file with the images inlined as data: URIs: no other file, no network."""
     esc = html.escape
-    body = []
-    for kind, *content in blocks:
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{esc(content[0])}</{kind}>")
-        elif kind in ("p", "note"):
-            body.append(f'<p class="{kind}">{esc(content[0])}</p>')
-        elif kind == "banner":
-            body.append(f'<div class="banner"><strong>⚠ {esc(content[0])}</strong></div>')
-        elif kind == "code":
-            body.append(f"<pre><code>{esc(content[0])}</code></pre>")
-        elif kind == "table":
-            header, rows = content
-            cells = "".join(f"<th>{esc(c)}</th>" for c in header)
-            body.append(f"<table><thead><tr>{cells}</tr></thead><tbody>" + "".join(
-                "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-                + "</tbody></table>")
-        else:  # image
-            name, caption = content
-            data = base64.b64encode((image_dir / name).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+    def image(name, caption):
+        data = base64.b64encode((image_dir / name).read_bytes()).decode("ascii")
+        return (f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+    renderers = {
+        "h1": lambda text: f"<h1>{esc(text)}</h1>", "h2": lambda text: f"<h2>{esc(text)}</h2>",
+        "p": lambda text: f'<p class="p">{esc(text)}</p>', "note": lambda text: f'<p class="note">{esc(text)}</p>',
+        "banner": lambda text: f'<div class="banner"><strong>⚠ {esc(text)}</strong></div>',
+        "code": lambda text: f"<pre><code>{esc(text)}</code></pre>", "table": html_table, "image": image,
+    }
+    body = [renderers[kind](*content) for kind, *content in blocks]
     title = next(content[0] for kind, *content in blocks if kind == "h1")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
