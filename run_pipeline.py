@@ -12,6 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
 
+from inference.run_layout import RunLayout
 from pipeline import config, native_log, sources
 from pipeline.errors import PipelineError
 from pipeline.runner import DEFAULT_NODES, STEP_IDS, plan
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         print("interrupted: a rerun with the same arguments resumes from the last finished epoch",
               file=sys.stderr)
         return 130
-    print(f"done in {time.perf_counter() - started:.0f}s; summary: {args.run_dir / 'summary.json'}")
+    print(f"done in {time.perf_counter() - started:.0f}s; summary: {RunLayout(args.run_dir).summary}")
     return 0
 
 

@@ -11,10 +11,10 @@ import onnx
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                       quantize_static)
 
-from export.artifacts import ExportError, as_properties
-from inference.artifacts import copy_file, sha256, write_bytes, write_json
-from inference.contract import (CLASS_OUTPUT, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, OPSET, PREPROCESSING,
-                             VOTES_OUTPUT, as_images)
+from export.metadata import ExportError, as_properties
+from inference.files import copy_file, sha256, write_bytes, write_json
+from inference.contract import (CLASS_OUTPUT, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, OPSET,
+                                PREPROCESSING, VOTES_OUTPUT, as_images)
 from inference.ensemble import Ensemble
 from export.fuse import fuse
 
@@ -61,8 +61,8 @@ def build_bundle(member_onnx_paths: list[Path], out_dir: Path, *, calibration_im
     files = [*members, *int8_members, Path(FUSED), Path(FUSED_INT8)]
     manifest = {
         "format": 1, "opset": OPSET, **INPUT_CONTRACT, "preprocessing": PREPROCESSING,
-        "fused_outputs": {CLASS_OUTPUT: "int64 [N]", VOTES_OUTPUT: "int64 [N, 10]",
-                          MEAN_OUTPUT: "float32 [N, 10], the members' mean"},
+        "fused_outputs": {CLASS_OUTPUT: "int64 [N]", VOTES_OUTPUT: f"int64 [N, {NUM_CLASSES}]",
+                          MEAN_OUTPUT: f"float32 [N, {NUM_CLASSES}], the members' mean"},
         "members": [str(m) for m in members], "members_int8": [str(m) for m in int8_members],
         "ensemble": FUSED, "ensemble_int8": FUSED_INT8,
         "files": {str(f): {"sha256": sha256(out_dir / f), "bytes": (out_dir / f).stat().st_size} for f in files},

@@ -4,7 +4,6 @@ tf2onnx's `from_keras` fails on Keras 3 models, so both artifacts come from one
 `tf.function` with a fixed input signature: the SavedModel serves it and
 tf2onnx converts it with `from_function`.
 """
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +12,13 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from export.artifacts import ExportError, as_properties
-from inference.artifacts import replace_dir, sha256, write_bytes, write_json
-from inference.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING
+from export.metadata import ExportError, as_properties
+from inference.files import sha256, staged_directory, write_bytes, write_json
+from inference.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING, SCORING_BATCH
 
 __all__ = ["ExportError", "export_model", "check_parity"]
 
 PARITY_TOLERANCE = 1e-5
-BATCH = 1000
 SIGNATURE = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32, name=INPUT_NAME)
 
 
@@ -71,10 +69,8 @@ def export_model(model, out_dir: Path, *, name: str, metadata: dict, images: np.
 
 def save_savedmodel(serving: Serving, path: Path) -> None:
     """TensorFlow Serving layout <name>/<version>/, written beside and renamed into place."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    tf.saved_model.save(serving, str(temporary), signatures={"serving_default": serving.serve})
-    replace_dir(temporary, path)
+    with staged_directory(path) as temporary:
+        tf.saved_model.save(serving, str(temporary), signatures={"serving_default": serving.serve})
 
 
 def to_onnx(serving: Serving, metadata: dict) -> onnx.ModelProto:
@@ -88,8 +84,8 @@ def to_onnx(serving: Serving, metadata: dict) -> onnx.ModelProto:
 
 
 def predict_in_batches(predict, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(predict(images[start:start + BATCH]))
-                           for start in range(0, len(images), BATCH)])
+    return np.concatenate([np.asarray(predict(images[start:start + SCORING_BATCH]))
+                           for start in range(0, len(images), SCORING_BATCH)])
 
 
 def check_parity(expected: np.ndarray, actual: np.ndarray, what: str) -> float:

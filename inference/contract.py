@@ -9,6 +9,8 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
+# Images a call when a whole set is scored (validation, test, export parity): large enough for the kernels to dominate.
+SCORING_BATCH = 1000
 # tf2onnx 1.17 supports up to 18; 17 keeps the reduce ops' axes as attributes
 # and is understood by every ONNX Runtime release since 1.11.
 OPSET = 17

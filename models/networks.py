@@ -1,6 +1,7 @@
 """The one function that turns a network spec into a Keras model, and the loader for saved ones."""
 import keras
 
+from inference.contract import INPUT_NAME, OUTPUT_NAME
 from models.layers import ConvPool, ReplicaDropout, initializers
 from models.specs import IMAGE_SHAPE, NUM_CLASSES, BNConv, Conv, Network
 
@@ -14,7 +15,7 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
     the starting weights of every layer (models.layers.initializers).
     """
     regularizer = keras.regularizers.L2(l2) if l2 else None
-    layers = [keras.Input(IMAGE_SHAPE, name="images")]
+    layers = [keras.Input(IMAGE_SHAPE, name=INPUT_NAME)]
     seeds = iter(range(seed * 1000, seed * 1000 + 1000, 2))
     flat = False
     for spec in network.hidden:
@@ -39,7 +40,7 @@ def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = 
     if network.dropout:
         layers.append(ReplicaDropout(network.dropout, seed=next(seeds)))
     layers.append(keras.layers.Dense(NUM_CLASSES, activation="softmax", kernel_initializer="zeros",
-                                     kernel_regularizer=regularizer, name="probabilities"))
+                                     kernel_regularizer=regularizer, name=OUTPUT_NAME))
     return keras.Sequential(layers, name=name)
 
 

@@ -1,8 +1,7 @@
 """Network specs as plain data: what each stage's network is, readable without loading Keras."""
 from dataclasses import dataclass
 
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+from inference.contract import IMAGE_SHAPE, NUM_CLASSES  # noqa: F401  (the specs' input and output, re-exported)
 
 
 @dataclass(frozen=True)

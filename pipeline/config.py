@@ -8,6 +8,7 @@ import copy
 import json
 from dataclasses import dataclass
 
+from inference.contract import SCORING_BATCH
 from pipeline.errors import PipelineError
 from pipeline.stages import STAGE_BY_ID, STAGES
 
@@ -142,4 +143,4 @@ class TrainSettings:
     steps_per_call: int = 100
     seed: int = 0
     init: str = "reference"    # starting weights (models.layers.initializers)
-    eval_batch_size: int = 1000
+    eval_batch_size: int = SCORING_BATCH

@@ -5,7 +5,7 @@ NumPy only, so the same numbers can be recomputed from saved probabilities
 """
 import numpy as np
 
-NUM_CLASSES = 10
+from inference.contract import NUM_CLASSES
 
 
 def evaluate(probabilities: np.ndarray | None, labels: np.ndarray, reference_accuracy: float,

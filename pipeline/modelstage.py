@@ -20,12 +20,13 @@ from typing import Callable
 
 import numpy as np
 
+from inference import run_layout as layout
 from inference.contract import as_images
 from inference.vote import vote
 from models.networks import load_model
 from export.bundle import build_bundle
 from export.tf_export import export_model
-from pipeline.artifacts import staged_directory, write_json
+from pipeline.rundir import staged_directory, write_json
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
 from pipeline.sources import Splits
@@ -103,14 +104,14 @@ def run_single(job: StageJob) -> dict:
     entry["test_accuracy"] = accuracy(probabilities, splits.test_labels)
     entry["evaluation"] = evaluate(probabilities, splits.test_labels, stage.reference)
     with staged_directory(job.output) as tmp:
-        trained.model.save(tmp / "model.keras")
-        write_history_csv(tmp / "history.csv", trained.history)
-        np.save(tmp / "test_probabilities.npy", probabilities)
-        write_json(tmp / "evaluation.json", entry["evaluation"])
+        trained.model.save(tmp / layout.MODEL)
+        write_history_csv(tmp / layout.HISTORY, trained.history)
+        np.save(tmp / layout.TEST_PROBABILITIES, probabilities)
+        write_json(tmp / layout.EVALUATION, entry["evaluation"])
         metadata = {"stage": stage.id, "network": entry["network"], "reference_accuracy": stage.reference,
                     "test_accuracy": entry["test_accuracy"]}
-        entry["export"] = export(trained.model, tmp / "export", f"{job.output_name}/export", stage.id, metadata,
-                                 splits)
+        entry["export"] = export(trained.model, tmp / layout.EXPORT, f"{job.output_name}/{layout.EXPORT}", stage.id,
+                                 metadata, splits)
     return entry
 
 
@@ -119,10 +120,10 @@ def reused_member_zero(job: StageJob) -> Trained | None:
     if job.member_zero_dir is None:
         return None
     source = job.member_zero_entry
-    with open(job.member_zero_dir / "history.csv") as stream:
+    with open(job.member_zero_dir / layout.HISTORY) as stream:
         history = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(stream)]
     job.log(f"  member 0 is the {job.stage.member_zero_from} stage's network (same recipe)")
-    return Trained(model=load_model(job.member_zero_dir / "model.keras"), history=history,
+    return Trained(model=load_model(job.member_zero_dir / layout.MODEL), history=history,
                    best_epoch=source["best_epoch"], best_val_accuracy=source["val_accuracy"],
                    images_per_second=source["train_images_per_second"])
 
@@ -182,8 +183,8 @@ def bundle_directory(job: StageJob, stage_tmp: Path):
         with staged_directory(job.bundle) as bundle:
             yield bundle
     else:
-        (stage_tmp / "bundle").mkdir()
-        yield stage_tmp / "bundle"
+        (stage_tmp / layout.BUNDLE).mkdir()
+        yield stage_tmp / layout.BUNDLE
 
 
 def train_chain(job: StageJob, to_train: list, first: Trained | None) -> list:
@@ -246,22 +247,22 @@ def run_ensemble(job: StageJob) -> dict:
                  for s, m, p in zip(job.settings, members, test)],
         evaluation=evaluate(None, splits.test_labels, stage.reference, predictions=classes))
     with staged_directory(job.output) as tmp:
-        (tmp / "members").mkdir()
+        (tmp / layout.MEMBERS).mkdir()
         exports = []
         for k, member in enumerate(members):
-            member.model.save(tmp / "members" / f"member_{k}.keras")
-            write_history_csv(tmp / f"history_member_{k}.csv", member.history)
+            member.model.save(tmp / layout.member_model(k))
+            write_history_csv(tmp / layout.member_history(k), member.history)
             metadata = {"stage": stage.id, "member": k, "network": entry["network"],
                         "reference_accuracy": stage.reference, "test_accuracy": entry["members"][k]["test_accuracy"]}
-            exports.append(export(member.model, tmp / "export" / f"member_{k}", f"{job.output_name}/export/member_{k}",
-                                  f"member_{k}", metadata, splits))
-        np.save(tmp / "member_probabilities.npy", test)
-        write_json(tmp / "evaluation.json", entry["evaluation"])
+            exports.append(export(member.model, tmp / layout.EXPORT / f"member_{k}",
+                                  f"{job.output_name}/{layout.EXPORT}/member_{k}", f"member_{k}", metadata, splits))
+        np.save(tmp / layout.MEMBER_PROBABILITIES, test)
+        write_json(tmp / layout.EVALUATION, entry["evaluation"])
         entry["export"] = {"members": exports,
                            "parity_max_abs_diff": max(e["parity_max_abs_diff"] for e in exports)}
         with bundle_directory(job, tmp) as bundle:
             entry["bundle"] = build_bundle(
-                [tmp / "export" / f"member_{k}" / Path(e["onnx"]).name for k, e in enumerate(exports)], bundle,
+                [tmp / layout.EXPORT / f"member_{k}" / Path(e["onnx"]).name for k, e in enumerate(exports)], bundle,
                 calibration_images=as_images(splits.train_images[:CALIBRATION_IMAGES]),
                 test_images=as_images(splits.test_images), test_labels=splits.test_labels,
                 metadata={"stage": stage.id, "network": entry["network"], "reference_accuracy": stage.reference,

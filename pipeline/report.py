@@ -10,18 +10,18 @@ import base64
 import datetime
 import html
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from inference import run_layout as layout
+from inference.run_layout import RunLayout
 from inference.vote import vote
 from models import Conv
 from pipeline.evaluate import NUM_CLASSES, evaluate
+from pipeline.rundir import staged_directory
 from pipeline.stages import BEYOND_SEED, STAGE_BY_ID, STAGES
 
 REFERENCE_PRESETS = ("seed",)     # the preset with the reference hyperparameters
@@ -40,21 +40,16 @@ def write_report(run_dir: Path) -> dict:
     """Write <run_dir>/report/ (replacing an old one) and say what it holds and what it skipped."""
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
-    try:
+    with staged_directory(RunLayout(run_dir).report) as tmp:
         report = _Report(run_dir, summary, tmp)
         report.build()
         (tmp / "report.md").write_text(to_markdown(report.blocks))
         (tmp / "report.html").write_text(to_html(report.blocks, tmp))
-        _replace(tmp, run_dir / "report")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"report": str(run_dir / "report"), **report.info}
+    return {"report": str(RunLayout(run_dir).report), **report.info}
 
 
 def load_summary(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
+    return json.loads(RunLayout(Path(run_dir)).summary.read_text())
 
 
 def stage_order(ids) -> list:
@@ -101,6 +96,7 @@ class _Report:
 
     def __init__(self, run_dir: Path, summary: dict, out: Path):
         self.run_dir, self.summary, self.out = run_dir, summary, out
+        self.layout = RunLayout(run_dir)
         self.stages = summary.get("stages", {})
         self.done = [i for i in stage_order(self.stages) if self.stages[i].get("status") == "done"]
         self.failed = [i for i in self.done if self.stages[i].get("warning")]
@@ -213,12 +209,12 @@ class _Report:
 
     def histories(self, stage_id: str) -> list:
         """(label, history) pairs: the stage's own, or one per member of a voting stage."""
-        folder = self.run_dir / "stages" / stage_id
+        folder = self.layout.stage(stage_id)
         if self.stages[stage_id].get("members"):
             members = {int(p.stem.rsplit("_", 1)[1]): p for p in folder.glob("history_member_*.csv")}
             paths = {f"member {k}": members[k] for k in sorted(members)}
         else:
-            paths = {stage_id: folder / "history.csv"}
+            paths = {stage_id: folder / layout.HISTORY}
         return [(label, np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True)))
                 for label, path in paths.items() if path.exists()]
 
@@ -290,7 +286,7 @@ class _Report:
         convolutional = [i for i in self.done if i in STAGE_BY_ID
                          and any(isinstance(layer, Conv) for layer in STAGE_BY_ID[i].network.hidden)]
         for stage_id in [i for i in FILTER_STAGES if i in convolutional] + convolutional:
-            path = self.run_dir / "stages" / stage_id / "model.keras"
+            path = self.layout.stage(stage_id) / layout.MODEL
             if path.exists():
                 from models.layers import ConvPool
                 from models.networks import load_model
@@ -303,16 +299,16 @@ class _Report:
     def final_predictions(self):
         """(stage id, predicted classes) of the ensemble's vote, else of the last stage with test predictions."""
         for stage_id in (["ensemble"] if "ensemble" in self.done else []) + self.done[::-1]:
-            folder = self.run_dir / "stages" / stage_id
-            if (folder / "member_probabilities.npy").exists():
-                return stage_id, vote(np.load(folder / "member_probabilities.npy"))[0]
-            if (folder / "test_probabilities.npy").exists():
-                return stage_id, np.load(folder / "test_probabilities.npy").argmax(axis=-1)
+            folder = self.layout.stage(stage_id)
+            if (folder / layout.MEMBER_PROBABILITIES).exists():
+                return stage_id, vote(np.load(folder / layout.MEMBER_PROBABILITIES))[0]
+            if (folder / layout.TEST_PROBABILITIES).exists():
+                return stage_id, np.load(folder / layout.TEST_PROBABILITIES).argmax(axis=-1)
         return None
 
     def errors(self):
         self.add("h2", "Misclassified test digits")
-        data = self.run_dir / "data"
+        data = self.layout.data
         found = self.final_predictions()
         if found is None or not (data / "test_labels.npy").exists():
             self.skip("Gallery and confusion matrix", "no test labels or test predictions in this run")
@@ -357,7 +353,7 @@ class _Report:
         self.add("h2", "Deploy")
         bundle = self.stages.get("ensemble", {}).get("bundle") if "ensemble" in self.done else None
         if bundle:
-            self.add("p", f"The bundle in {self.run_dir / 'bundle'} is the five networks and their vote as ONNX "
+            self.add("p", f"The bundle in {self.layout.bundle} is the five networks and their vote as ONNX "
                           f"graphs, for ONNX Runtime alone (no TensorFlow): {bundle_accuracy(bundle)}. Classify "
                           "pictures with it, or serve it over the Open Inference Protocol:")
             self.add("code", f"mnist-predict --models {self.run_dir} digit.png scans/\n"
@@ -365,7 +361,7 @@ class _Report:
         else:
             self.skip("Deploy", "no finished ensemble stage, so no bundle")
         for stage_id in self.beyond:
-            bundle, folder = self.stages[stage_id].get("bundle"), self.run_dir / "stages" / stage_id / "bundle"
+            bundle, folder = self.stages[stage_id].get("bundle"), self.layout.stage(stage_id) / layout.BUNDLE
             if bundle:
                 self.add("p", f"Beyond the seed, {stage_id}'s bundle in {folder} holds its "
                               f"{len(bundle.get('members', []))} networks and their vote: {bundle_accuracy(bundle)}.")
@@ -421,63 +417,47 @@ def _confusion_figure(confusion: np.ndarray, stage_id: str) -> Figure:
     return fig
 
 
+def markdown_table(header, rows) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |" for line in lines)
+
+
+MARKDOWN = {
+    "h1": lambda text: f"# {text}", "h2": lambda text: f"## {text}", "p": lambda text: text,
+    "note": lambda text: f"*{text}*", "banner": lambda text: f"> **⚠ {text}**",
+    "code": lambda text: f"```\n{text}\n```", "table": markdown_table,
+    "image": lambda name, caption: f"![{caption}]({name})",
+}
+
+
 def to_markdown(blocks: list) -> str:
-    out = []
-    for kind, *content in blocks:
-        if kind in ("h1", "h2"):
-            out.append("#" * int(kind[1]) + " " + content[0])
-        elif kind == "p":
-            out.append(content[0])
-        elif kind == "note":
-            out.append(f"*{content[0]}*")
-        elif kind == "banner":
-            out.append(f"> **⚠ {content[0]}**")
-        elif kind == "code":
-            out.append(f"```\n{content[0]}\n```")
-        elif kind == "table":
-            header, rows = content
-            lines = [header, ["---"] * len(header), *rows]
-            out.append("\n".join("| " + " | ".join(str(c).replace("|", "\\|") for c in line) + " |"
-                                 for line in lines))
-        else:  # image
-            out.append(f"![{content[1]}]({content[0]})")
-    return "\n\n".join(out) + "\n"
+    return "\n\n".join(MARKDOWN[kind](*content) for kind, *content in blocks) + "\n"
+
+
+def html_table(header, rows) -> str:
+    esc = html.escape
+    cells = "".join(f"<th>{esc(c)}</th>" for c in header)
+    return (f"<table><thead><tr>{cells}</tr></thead><tbody>" + "".join(
+        "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows) + "</tbody></table>")
 
 
 def to_html(blocks: list, image_dir: Path) -> str:
     """One file with the images inlined as data: URIs: no other file, no network."""
     esc = html.escape
-    body = []
-    for kind, *content in blocks:
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{esc(content[0])}</{kind}>")
-        elif kind in ("p", "note"):
-            body.append(f'<p class="{kind}">{esc(content[0])}</p>')
-        elif kind == "banner":
-            body.append(f'<div class="banner"><strong>⚠ {esc(content[0])}</strong></div>')
-        elif kind == "code":
-            body.append(f"<pre><code>{esc(content[0])}</code></pre>")
-        elif kind == "table":
-            header, rows = content
-            cells = "".join(f"<th>{esc(c)}</th>" for c in header)
-            body.append(f"<table><thead><tr>{cells}</tr></thead><tbody>" + "".join(
-                "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-                + "</tbody></table>")
-        else:  # image
-            name, caption = content
-            data = base64.b64encode((image_dir / name).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+    def image(name, caption):
+        data = base64.b64encode((image_dir / name).read_bytes()).decode("ascii")
+        return (f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+    renderers = {
+        "h1": lambda text: f"<h1>{esc(text)}</h1>", "h2": lambda text: f"<h2>{esc(text)}</h2>",
+        "p": lambda text: f'<p class="p">{esc(text)}</p>', "note": lambda text: f'<p class="note">{esc(text)}</p>',
+        "banner": lambda text: f'<div class="banner"><strong>⚠ {esc(text)}</strong></div>',
+        "code": lambda text: f"<pre><code>{esc(text)}</code></pre>", "table": html_table, "image": image,
+    }
+    body = [renderers[kind](*content) for kind, *content in blocks]
     title = next(content[0] for kind, *content in blocks if kind == "h1")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
-
-def _replace(new: Path, target: Path):
-    """Put the finished directory `new` at `target`; an older report is moved aside, then removed."""
-    new.chmod(0o755)  # mkdtemp made it private
-    old = Path(tempfile.mkdtemp(prefix=".report-old-", dir=target.parent))
-    if target.exists():
-        os.replace(target, old / target.name)
-    os.replace(new, target)
-    shutil.rmtree(old)

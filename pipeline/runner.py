@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.run_layout import MODEL, RunLayout
 from pipeline import config, expand, sources
-from pipeline.artifacts import (clean_unfinished, digest_arrays, fingerprint, run_lock, staged_directory,
+from pipeline.rundir import (clean_unfinished, digest_arrays, fingerprint, run_lock, staged_directory,
                                 write_json)
 from pipeline.errors import PipelineError
 from pipeline.progress import minutes
@@ -103,9 +104,10 @@ class Runner:
                  log=print, strategy=None):
         self.run_dir, self.preset, self.settings = Path(run_dir), preset, settings
         self.data_spec, self.force, self.log = data_spec, force, log
+        self.layout = RunLayout(self.run_dir)
         self._strategy = strategy  # None: chosen from the hardware when training first needs it
-        self.summary_path = self.run_dir / "summary.json"
-        self.manifest_path = self.run_dir / "manifest.json"
+        self.summary_path = self.layout.summary
+        self.manifest_path = self.layout.manifest
         self.summary = self._read_json(self.summary_path)
         self.manifest = self._read_json(self.manifest_path)
         self.splits = None
@@ -151,6 +153,10 @@ class Runner:
         return (not self.force and output.exists()
                 and self.manifest.get(node, {}).get("fingerprint") == node_fingerprint)
 
+    def _named(self, *directories: Path) -> list[str]:
+        """Directories as the manifest lists them: "stages/conv1/"."""
+        return [f"{self.layout.name(directory)}/" for directory in directories]
+
     def _record(self, node: str, node_fingerprint: str, reads: list, writes: list, **extra):
         self.manifest[node] = {"fingerprint": node_fingerprint, "reads": reads, "writes": writes,
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
@@ -188,7 +194,7 @@ class Runner:
         position = stage_ids.index(current)
         left = [STAGE_BY_ID[i] for i in stage_ids[position:]]
         left = [stage for stage in left if not self._is_done(stage.id, self._stage_fingerprint(stage),
-                                                             self.run_dir / "stages" / stage.id)]
+                                                             self.layout.stage(stage.id))]
         work = sum(self.training_work(stage) for stage in left)
         estimate = (f"~{minutes(work * self._trained_seconds / self._trained_work)} left" if self._trained_work
                     else "time left known after the first stage")
@@ -210,14 +216,14 @@ class Runner:
         return self.training_images(stage) * epochs
 
     def _download(self):
-        output = self.run_dir / "data"
+        output = self.layout.data
         previous = self.manifest.get("download", {})
         # "auto" takes an already-prepared cache as it is; a named source must match the one recorded.
         if output.exists() and not self.force and previous and self.data_spec in ("auto", previous.get("source")):
             self.log(f"[download] done already ({previous.get('source')}); skipped")
             return
         self.log(f"[download] reading MNIST from {self.data_spec}")
-        splits = sources.load(self.data_spec, self.run_dir / "cache", log=self.log)
+        splits = sources.load(self.data_spec, self.layout.cache, log=self.log)
         digest = digest_arrays(*(splits.arrays[name] for name in SPLIT_NAMES))
         with staged_directory(output) as tmp:
             for name in SPLIT_NAMES:
@@ -225,14 +231,15 @@ class Runner:
             info = {"source": splits.source, "split": splits.split, "sample": splits.sample,
                     "warning": splits.warning, "digest": digest,
                     **{part: len(splits.arrays[f"{part}_labels"]) for part in ("train", "validation", "test")}}
-            write_json(tmp / "data.json", info)
+            write_json(tmp / self.layout.data_info.name, info)
         if splits.warning:
             self.log(f"WARNING: {splits.warning}")
         if previous.get("fingerprint") not in (None, digest):
             self._mark_out_of_date(f"trained on the data of {previous.get('source')}, not the data now in data/")
         self.summary["data"] = {**info, "expanded_train": None}
         self.manifest.pop("expand", None)  # new data: whatever was expanded from the old is stale
-        self._record("download", digest, reads=[self.data_spec], writes=["data/"], source=self.data_spec)
+        self._record("download", digest, reads=[self.data_spec], writes=self._named(self.layout.data),
+                     source=self.data_spec)
         self.log(f"[download] {info['train']} / {info['validation']} / {info['test']} images from {splits.source}")
 
     def _mark_out_of_date(self, why: str):
@@ -251,13 +258,13 @@ class Runner:
         return {key: info.get(key) for key in ("source", "split", "sample", "digest", "warning")}
 
     def _data_info(self) -> dict:
-        path = self.run_dir / "data" / "data.json"
+        path = self.layout.data_info
         if not path.exists():
             raise PipelineError(f"{self.run_dir} has no prepared data; run the download step first.")
         return json.loads(path.read_text())
 
     def _expand(self):
-        output = self.run_dir / "expanded"
+        output = self.layout.expanded
         data_digest = self._data_info()["digest"]
         node_fingerprint = fingerprint({"data": data_digest, "seed": self.settings["seed"]})
         if self._is_done("expand", node_fingerprint, output):
@@ -273,17 +280,18 @@ class Runner:
             write_json(tmp / "expanded.json", info)
         self.summary.setdefault("data", {})["expanded_train"] = len(images)
         self.splits = None
-        self._record("expand", node_fingerprint, reads=["data/"], writes=["expanded/"])
+        self._record("expand", node_fingerprint, reads=self._named(self.layout.data),
+                     writes=self._named(self.layout.expanded))
         self.log(f"[expand] {len(images)} training images")
 
     def load_splits(self, expanded: bool):
         """The prepared arrays (and the expanded set, when asked), loaded once per run."""
         if self.splits is None:
-            data, info = self.run_dir / "data", self._data_info()
+            data, info = self.layout.data, self._data_info()
             self.splits = sources.Splits(**{name: np.load(data / f"{name}.npy") for name in SPLIT_NAMES},
                                          source=info["source"], split=info["split"])
         if expanded and self.splits.expanded_images is None:
-            shards = sorted((self.run_dir / "expanded").glob("images_*.npy"))
+            shards = sorted(self.layout.expanded.glob("images_*.npy"))
             if not shards:
                 raise PipelineError(f"{self.run_dir} has no expanded data; run the expand step first.")
             self.splits.expanded_images = np.concatenate([np.load(p) for p in shards])
@@ -294,7 +302,7 @@ class Runner:
     def _report(self):
         from pipeline.report import write_report
         write_report(self.run_dir)
-        self.log(f"[report] {self.run_dir / 'report' / 'report.html'}")
+        self.log(f"[report] {self.layout.report / 'report.html'}")
 
     # -- model stages -----------------------------------------------------------------------------
     def train_settings(self, stage: Stage, member: int = 0):
@@ -331,9 +339,9 @@ class Runner:
     def _member_zero_source(self, stage: Stage) -> Path | None:
         """stage.member_zero_from's directory when its network counts as the stage's member 0: same exact recipe."""
         source = self.summary.get("stages", {}).get(stage.member_zero_from, {}) if stage.member_zero_from else {}
-        directory = self.run_dir / "stages" / stage.member_zero_from
+        directory = self.layout.stage(stage.member_zero_from)
         reusable = (source.get("settings") == dataclasses.asdict(self.train_settings(stage))
-                    and source.get("network") == stage.network.describe() and (directory / "model.keras").exists())
+                    and source.get("network") == stage.network.describe() and (directory / MODEL).exists())
         return directory if reusable else None
 
     def _execute(self, stage: Stage, output: Path | None, node_fingerprint: str) -> dict:
@@ -343,12 +351,13 @@ class Runner:
         return modelstage.run(modelstage.StageJob(
             stage=stage, settings=tuple(self.train_settings(stage, k) for k in range(stage.members)),
             splits=self.load_splits(expanded=stage.data == "expanded"), output=output,
-            output_name=f"stages/{stage.id}", checkpoint_dir=self._checkpoint_dir(stage, node_fingerprint),
-            tensorboard_dir=self.run_dir / "tensorboard" / stage.id, strategy=self.strategy, log=self.log,
+            output_name=self.layout.name(self.layout.stage(stage.id)),
+            checkpoint_dir=self.layout.checkpoints(stage.id, node_fingerprint),
+            tensorboard_dir=self.layout.tensorboard(stage.id), strategy=self.strategy, log=self.log,
             train_limit=self.settings["train_limit"], parallel_members=self.settings["parallel_members"],
             chain_epochs=self.chain_epochs(stage), member_zero_dir=member_zero,
             member_zero_entry=self.summary["stages"][stage.member_zero_from] if member_zero else {},
-            bundle=self.run_dir / "bundle" if stage.run_bundle else None, data=self.data_provenance()))
+            bundle=self.layout.bundle if stage.run_bundle else None, data=self.data_provenance()))
 
     def _stage_fingerprint(self, stage: Stage) -> str:
         data = self._data_info()["digest"]
@@ -373,7 +382,7 @@ class Runner:
         key = lambda text: int(text[:15], 16)
         done, chief_key = chief_decides(self._strategy, [int(done), key(node_fingerprint) if node_fingerprint else 0])
         if not done:
-            if node_fingerprint is None and (self.run_dir / "data" / "data.json").exists():  # else: not shared
+            if node_fingerprint is None and self.layout.data_info.exists():  # else: not shared
                 self.summary, self.manifest = self._read_json(self.summary_path), self._read_json(self.manifest_path)
                 node_fingerprint = self._stage_fingerprint(stage)
             if sum_over_workers(self._strategy, [not node_fingerprint or key(node_fingerprint) != chief_key])[0]:
@@ -390,14 +399,11 @@ class Runner:
             return
         self._execute(stage, None, node_fingerprint)
 
-    def _checkpoint_dir(self, stage: Stage, node_fingerprint: str) -> Path:
-        return self.run_dir / "checkpoints" / f"{stage.id}-{node_fingerprint[:12]}"
-
     def _stage(self, stage: Stage):
         if self.task is not None:
             return self._follow_stage(stage)
         node_fingerprint = self._stage_fingerprint(stage)
-        output = self.run_dir / "stages" / stage.id
+        output = self.layout.stage(stage.id)
         entry = self.summary.get("stages", {}).get(stage.id, {})
         done, _ = self._agree_on_stage(stage, node_fingerprint, self._is_done(stage.id, node_fingerprint, output))
         if done:
@@ -424,7 +430,8 @@ class Runner:
         if entry["warning"]:
             self.log(f"WARNING: [{stage.id}] {entry['warning']}")
         self.summary.setdefault("stages", {})[stage.id] = entry
-        self._record(stage.id, node_fingerprint, reads=["expanded/" if stage.data == "expanded" else "data/"],
-                     writes=[f"stages/{stage.id}/"] + (["bundle/"] if stage.run_bundle else []))
+        self._record(stage.id, node_fingerprint,
+                     reads=self._named(self.layout.expanded if stage.data == "expanded" else self.layout.data),
+                     writes=self._named(output, *([self.layout.bundle] if stage.run_bundle else [])))
         self.log(f"[{stage.id}] test accuracy {entry['test_accuracy']:.4f} "
                  f"(reference {stage.reference:.4f}, {best_epochs(entry)})")

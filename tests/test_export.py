@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
-from export.artifacts import ExportError
-from inference.artifacts import sha256
+from export.metadata import ExportError
+from inference.files import sha256
 from inference.contract import OPSET
 from export.tf_export import check_parity, export_model
 
@@ -84,3 +84,29 @@ def test_a_near_tie_that_flips_class_within_the_tolerance_passes():
     flipped = np.array([[0.6, 0.4], [0.5 + 4e-6, 0.5 - 4e-6]], np.float32)
     nearly = np.array([[0.6, 0.4], [0.5 - 4e-6, 0.5 + 4e-6]], np.float32)
     assert check_parity(nearly, flipped, "The ONNX model of x") == pytest.approx(8e-6, rel=0.01)
+
+
+def test_replacing_a_directory_never_loses_the_old_one_when_the_new_one_cannot_go_in(tmp_path, monkeypatch):
+    """replace_dir renames the old one aside first (it used to delete it first): a failed rename puts it back."""
+    import os
+
+    from inference import files
+    old, new = tmp_path / "bundle", tmp_path / "new"
+    old.mkdir()
+    (old / "manifest.json").write_text("old")
+    new.mkdir()
+    (new / "manifest.json").write_text("new")
+    files.replace_dir(new, old)
+    assert (old / "manifest.json").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["bundle"]
+
+    (tmp_path / "newer").mkdir()
+    real = os.replace
+
+    def no_room(source, target):
+        if os.path.basename(source) == "newer":
+            raise OSError("no room")
+        real(source, target)
+    monkeypatch.setattr(files.os, "replace", no_room)
+    with pytest.raises(OSError, match="no room"):
+        files.replace_dir(tmp_path / "newer", old)
+    assert (old / "manifest.json").read_text() == "new"

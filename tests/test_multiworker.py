@@ -22,8 +22,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.artifacts import run_lock
+from pipeline.rundir import run_lock
 from pipeline.errors import PipelineError
+
+pytestmark = pytest.mark.slow  # every test here starts a cluster of worker processes
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["baseline", "dropout"]

@@ -183,3 +183,21 @@ def test_a_stage_beyond_the_seed_gets_its_own_section_vote_figure_and_bundle(tmp
     deploy = markdown.split("## Deploy", 1)[1].split("\n## ", 1)[0]
     assert f"mnist-predict --models {run_dir / 'stages' / 'beyond' / 'bundle'} digit.png" in deploy
     assert "holds its 3 networks and their vote" in deploy
+
+
+def test_what_a_killed_report_or_stage_left_is_removed_and_nothing_else(tmp_path):
+    """The report's temporaries (.report-* from before, .unfinished-report-* now) went uncleaned after a kill."""
+    from pipeline.rundir import clean_unfinished
+    for leftover in (".report-k1lled", ".unfinished-report-k1lled", "stages/.unfinished-conv1-k1lled"):
+        (tmp_path / leftover).mkdir(parents=True)
+    (tmp_path / "report").mkdir()
+    clean_unfinished(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["report", "stages"]
+
+
+def test_a_report_is_written_through_a_temporary_that_leaves_nothing(tmp_path):
+    make_run(tmp_path)
+    write_report(tmp_path)
+    write_report(tmp_path)  # replacing the first
+    assert (tmp_path / "report" / "report.html").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

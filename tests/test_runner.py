@@ -29,6 +29,7 @@ def run(capsys, *args):
     return code, out, err
 
 
+@pytest.mark.slow
 @needs_mnist
 @pytest.mark.parametrize("as_url", [False, True])
 def test_download_and_expand_full_mnist_then_skip(capsys, tmp_path, as_url):
@@ -188,6 +189,7 @@ def sample_run(tmp_path_factory):
     return run_dir, log.getvalue()
 
 
+@pytest.mark.slow
 def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only_its_stage(capsys, sample_run,
                                                                                             tmp_path):
     """The whole pipeline on the sample: training, evaluation, export, ensemble bundle and report."""
@@ -225,6 +227,7 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
     assert "[baseline] done already" in out and "[conv1] conv20-fc100-softmax" in out
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_new_data_marks_what_was_trained_on_the_old_out_of_date_and_never_mixes_them(capsys, sample_run, tmp_path):
     shutil.copytree(sample_run[0], tmp_path, dirs_exist_ok=True)
@@ -266,6 +269,7 @@ def test_the_fast_preset_gives_every_network_enough_updates_to_leave_chance(tmp_
     assert [runner.train_settings(STAGE_BY_ID["ensemble"], k).epochs for k in (1, 4)] == [chained_epochs] * 2
 
 
+@pytest.mark.slow
 def test_the_command_log_is_quiet_and_follows_the_whole_run(tmp_path):
     """The real command: none of TensorFlow's start-up noise or retracing warnings; a line per stage of the run."""
     from pipeline.native_log import NOISE

@@ -1,46 +1,28 @@
-"""Artifacts that are complete or absent: temporary directories renamed into place, and a run-directory lock."""
+"""What keeps a run directory sound: its lock, the removal of what killed runs left, and its fingerprints.
+
+Its files are written through inference.files (staged directories, atomic JSON), re-exported here for the pipeline.
+"""
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from inference.artifacts import write_json  # noqa: F401  (one atomic JSON writer for the project)
+from inference.files import UNFINISHED, staged_directory, write_json  # noqa: F401  (one home for atomic writes)
 from pipeline.errors import PipelineError
 
-
-@contextlib.contextmanager
-def staged_directory(final: Path):
-    """Yield an empty temporary directory beside `final`; on success it replaces `final` in one rename.
-
-    On an exception (or a kill) the temporary directory is all that is left,
-    and its name marks it unfinished: `clean_unfinished` removes it later.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".unfinished-{final.name}-"))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.parent / f".unfinished-old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+LEFT_BY_OLDER_REPORTS = ".report-"  # the report's temporaries before it wrote through staged_directory
 
 
 def clean_unfinished(directory: Path) -> None:
     """Remove what killed runs left half-written (call only while holding the run lock)."""
     if directory.exists():
-        for leftover in directory.rglob(".unfinished-*"):
+        leftovers = [*directory.rglob(f"{UNFINISHED}*"), *directory.glob(f"{LEFT_BY_OLDER_REPORTS}*")]
+        for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
