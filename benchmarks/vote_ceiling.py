@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.artifacts import write_json
+from inference.files import write_json
 from inference.vote import vote
 
 MAX_CHOICES = 20_000  # beyond this many, a seeded random sample of the choices

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from inference.artifacts import sha256
+from inference.files import check_sha256
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +98,7 @@ def check(bundle: Path) -> None:
     """Every file the manifest lists is there and matches its SHA-256; raises ValueError otherwise."""
     files = json.loads((bundle / "manifest.json").read_text())["files"]
     for name, entry in files.items():
-        path = bundle / name
-        if not path.is_file() or sha256(path) != entry["sha256"]:
-            raise ValueError(f"{name} is missing or does not match its SHA-256 in manifest.json: the copy is damaged.")
+        check_sha256(bundle / name, entry["sha256"], "manifest.json")
 
 
 def intact(bundle: Path) -> bool:

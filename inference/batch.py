@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from inference.artifacts import replace_dir, write_json
+from inference.files import replace_dir, write_json
 from inference.ensemble import Ensemble, bundle_dir
 from inference.pictures import InputError, read_inputs
 from inference.predict import records

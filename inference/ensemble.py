@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inference.artifacts import sha256
+from inference.files import check_sha256
 from inference.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, VOTES_OUTPUT
 from inference.vote import vote
 
@@ -154,9 +154,7 @@ class Ensemble:
         else:
             files = manifest["members_int8" if int8 else "members"]
         for file in files if verify else ():
-            if sha256(directory / file) != manifest["files"][file]["sha256"]:
-                raise ValueError(f"{directory / file} does not match its SHA-256 in manifest.json: "
-                                 "the copy is damaged.")
+            check_sha256(directory / file, manifest["files"][file]["sha256"], "manifest.json")
         ensemble = cls([directory / file for file in files], threads=threads)
         ensemble.training_data_warning = training_data_warning(directory, manifest)
         return ensemble

@@ -41,6 +41,14 @@ def copy_file(source: Path, destination: Path) -> None:
     os.replace(temporary, destination)
 
 
+def check_sha256(path: Path, expected: str, record: str) -> None:
+    """The one check of a file a bundle or run records (in `record`): ValueError with a sentence unless it matches."""
+    if not path.is_file():
+        raise ValueError(f"{path} is missing, though {record} lists it: the copy is incomplete.")
+    if sha256(path) != expected:
+        raise ValueError(f"{path} does not match its SHA-256 in {record}: the copy is damaged.")
+
+
 def sha256_matches(path: Path, expected: str) -> bool:
     """Whether the file's SHA-256 is `expected` (a hex digest): the one check of a recorded digest."""
     return sha256(path) == expected

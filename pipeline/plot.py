@@ -11,7 +11,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from inference.artifacts import write_bytes
+from inference.files import write_bytes
 from pipeline.report import load_summary, stage_order
 
 RUN_COLOUR, REFERENCE_COLOUR = "tab:blue", "0.45"

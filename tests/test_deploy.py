@@ -255,7 +255,7 @@ def test_the_init_container_puts_a_checked_bundle_in_place_once(bundle, store, t
     assert again.returncode == 0 and "kept" in again.stdout, again.stderr
 
 
-BAD_ARCHIVES = {"damaged-member": "members/member_1.onnx is missing or does not match its SHA-256",
+BAD_ARCHIVES = {"damaged-member": "members/member_1.onnx does not match its SHA-256",
                 "wrong-sha256": "the archive's SHA-256 is", "missing": "fetching it failed",
                 "not-an-archive": "it is not a .tar.gz of a bundle directory"}
 

@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from google.protobuf.unknown_fields import UnknownFieldSet
 from PIL import Image
 
-from inference.artifacts import sha256, write_json
+from inference.files import sha256, write_json
 from inference.ensemble import Ensemble
 
 httpclient = pytest.importorskip("tritonclient.http")

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.artifacts import sha256
+from inference.files import check_sha256
 from inference.ensemble import Ensemble, bundle_dir
 
 
@@ -49,8 +49,7 @@ def catalogue(path: Path, threads: int | None = None) -> list[Served]:
 def check_files(bundle: Path, manifest: dict) -> None:
     """Every file manifest.json lists, against its SHA-256: a damaged member is caught even where it is not served."""
     for name, entry in manifest["files"].items():
-        if sha256(bundle / name) != entry["sha256"]:
-            raise ValueError(f"{bundle / name} does not match its SHA-256 in manifest.json: the copy is damaged.")
+        check_sha256(bundle / name, entry["sha256"], "manifest.json")
 
 
 def stages(run: Path, summary: dict, threads: int | None) -> list[Served]:
@@ -62,8 +61,7 @@ def stages(run: Path, summary: dict, threads: int | None) -> list[Served]:
         if entry.get("status") != "done" or "onnx" not in export:
             continue
         onnx = run / export["onnx"]
-        if sha256(onnx) != export["sha256"]["onnx"]:
-            raise ValueError(f"{onnx} does not match its SHA-256 in summary.json: the copy is damaged.")
+        check_sha256(onnx, export["sha256"]["onnx"], "summary.json")
         about = {**data, "weights": "float32", "networks": 1, "network": str(entry.get("network", "")),
                  "test_accuracy": f"{entry['test_accuracy']:.4f}", "test_images": summary["data"]["test"],
                  "reference_accuracy": f"{entry['reference_accuracy']:.4f}"}
