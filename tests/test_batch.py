@@ -19,6 +19,8 @@ pytest.importorskip("ray", reason="the batch extra (ray[data]) is not installed"
 from inference.batch import classify_files, input_files, main  # noqa: E402
 from inference.predict import classify  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here runs a Ray pipeline
+
 REPO = Path(__file__).resolve().parents[1]
 PICTURES = 1993
 BAD = {"empty.png": "The file is empty.",

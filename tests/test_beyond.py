@@ -20,6 +20,8 @@ from models.networks import build_network, load_model
 from pipeline.runner import DEFAULT_NODES, MEMBER_SEED_STRIDE
 from pipeline.stages import STAGE_BY_ID
 
+pytestmark = pytest.mark.slow  # these train the beyond stage's networks
+
 BEYOND = STAGE_BY_ID["beyond"]
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # the manifest's commands start an init step and a server
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 REPLICATED = {"ReadWriteMany", "ReadOnlyMany"}  # access modes that several nodes' pods can mount at once

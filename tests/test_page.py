@@ -28,6 +28,8 @@ from PIL import Image
 
 from conftest import TRAIN
 
+pytestmark = pytest.mark.slow  # every test here drives Chromium against a server process
+
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "page.png"
 PAGE_PATH = "/"
 DESKTOP = {"width": 1000, "height": 700, "deviceScaleFactor": 1, "mobile": False}

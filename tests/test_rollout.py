@@ -28,6 +28,8 @@ from test_server import (PROTOCOLS, client, free_port, grpcclient, httpclient, m
 
 from tritonclient.utils import InferenceServerException  # noqa: E402 - test_server skips without tritonclient
 
+pytestmark = pytest.mark.slow  # every test here swaps versions in a server process
+
 POLL_SECONDS = 0.5
 OLD, NEW = 5, 3  # the networks of versions 1 and 2: the votes of one image add up to these
 

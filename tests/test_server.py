@@ -34,6 +34,8 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from conftest import TRAIN  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here talks to a server process
+
 MAX_BATCH, MAX_BODY_MB = 1000, 8
 PROTOCOLS = ("http", "grpc")
 BANNED = ("tensorflow", "keras", "onnx", "tf2onnx")

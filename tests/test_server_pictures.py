@@ -20,6 +20,8 @@ from inference.ensemble import BLANK_WARNING, MIN_INK, Ensemble, image_ink
 from inference.pictures import picture_from_bytes
 from test_server import PROTOCOLS, infer, metadata, png, run_dir, server  # noqa: F401 - fixtures
 
+pytestmark = pytest.mark.slow  # every test here talks to a server process
+
 NOT_AN_IMAGE = "The file is not an image (PNG, JPEG, ...), a .npy array or an IDX file."
 BLANK_PICTURE = "The image is blank: no digit stands out from the background."
 
