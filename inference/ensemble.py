@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from inference.contract import (CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, SCORING_BATCH,
+                                VOTES_OUTPUT)
 from inference.files import check_sha256
-from inference.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, VOTES_OUTPUT
+from inference.run_layout import RunLayout
 from inference.vote import vote
 
 MODES = ("vote", "mean")
-BATCH = 1000
 
 
 # A prediction is flagged as hard when fewer than this share of the members
@@ -103,8 +104,8 @@ def bundle_dir(path: Path) -> Path:
     path = Path(path)
     if (path / "manifest.json").is_file() and (path / "members").is_dir():
         return path
-    if (path / "bundle" / "manifest.json").is_file():
-        return path / "bundle"
+    if (RunLayout(path).bundle / "manifest.json").is_file():
+        return RunLayout(path).bundle
     raise FileNotFoundError(f"{path} is neither an ensemble bundle nor a run directory with a bundle/ in it.")
 
 
@@ -116,9 +117,7 @@ def training_data_warning(directory: Path, manifest: dict) -> str:
     bundle trained on the 5,000-digit sample is far weaker than one trained on MNIST.
     """
     data = manifest.get("metadata", {}).get("data") or {}
-    # The run holding the bundle: <run>/bundle/, or <run>/stages/<id>/bundle/ for a voting stage beyond the seed.
-    run = directory.parents[2] if directory.parent.parent.name == "stages" else directory.parent
-    run_data = run / "data" / "data.json"
+    run_data = RunLayout.of_bundle(directory).data_info
     if data.get("digest") and run_data.is_file() and json.loads(run_data.read_text()).get("digest") != data["digest"]:
         return ("This bundle is out of date: its run directory now holds other data than it was trained on; "
                 "rerun the ensemble stage.")
@@ -171,7 +170,7 @@ class Ensemble:
         if not len(images):
             return Prediction(np.zeros(0, np.int64), np.zeros((0, NUM_CLASSES), np.int64),
                               np.zeros((0, NUM_CLASSES), np.float32))
-        parts = [self.run(images[start:start + BATCH]) for start in range(0, len(images), BATCH)]
+        parts = [self.run(images[start:start + SCORING_BATCH]) for start in range(0, len(images), SCORING_BATCH)]
         classes, votes, mean = (np.concatenate(arrays) for arrays in zip(*parts))
         if mode == "mean":
             classes = mean.argmax(axis=1)

@@ -7,7 +7,6 @@ import functools
 import gzip
 import io
 import math
-import struct
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +14,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from inference.contract import IMAGE_SHAPE
+from inference.idx import GZIP_MAGIC, IdxError, looks_like_idx, read_idx
 
 MAX_PIXELS = 50_000_000        # a 50-megapixel photo; a larger image (or a decompression bomb) is refused unread
 MAX_ARRAY_BYTES = 512 << 20    # the largest .npy / IDX payload read
@@ -34,10 +36,10 @@ LINE_SPAN = 0.8                # ... of the picture: a ruled line crosses the pa
 CLUTTER_SHARE = 0.05           # marks other than edges and lines need this share of the edges' ink to be looked at
 MIN_DIGIT = 0.02               # marks spanning less than this fraction of the picture are dust, not a digit
 GROUP_REACH = 0.25             # marks within this fraction of the digit's size from it belong to it
-DIGIT_BOX, FRAME, CENTRE = 20, 28, 14.0  # MNIST: fit 20x20, centre of mass at pixel 14 of 28
-NPY_MAGIC, GZIP_MAGIC = b"\x93NUMPY", b"\x1f\x8b"
+FRAME = IMAGE_SHAPE[0]
+DIGIT_BOX, CENTRE = 20, FRAME / 2  # MNIST: fit 20x20, centre of mass at pixel 14 of 28
+NPY_MAGIC = b"\x93NUMPY"
 BLANK = "The image is blank: no digit stands out from the background."
-IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 class InputError(ValueError):
@@ -74,7 +76,7 @@ def read_file(path: Path) -> Iterator[tuple[str, np.ndarray | InputError]]:
         elif head.startswith(GZIP_MAGIC):
             with gzip.open(path) as stream:
                 yield from array_images(path, idx_array(stream))
-        elif head[:2] == b"\0\0" and head[2] in IDX_TYPES:
+        elif looks_like_idx(head):
             with open(path, "rb") as stream:
                 yield from array_images(path, idx_array(stream))
         else:
@@ -480,18 +482,11 @@ def npy_array(path: Path) -> np.ndarray:
 
 
 def idx_array(stream) -> np.ndarray:
-    """An IDX file (the MNIST distribution format), raw or gzipped; reads no more than its header declares."""
-    header = stream.read(4)
-    if len(header) < 4 or header[:2] != b"\0\0" or header[2] not in IDX_TYPES or not 1 <= header[3] <= 4:
-        raise InputError("The file is not an IDX file: its header is wrong.")
-    dims = struct.unpack(f">{header[3]}I", stream.read(4 * header[3]))
-    dtype = np.dtype(IDX_TYPES[header[2]])
-    check_array(dims, dtype)
-    size = int(np.prod(dims)) * dtype.itemsize
-    data = stream.read(size + 1)
-    if len(data) != size:
-        raise InputError(f"The IDX file holds {len(data):,} bytes of data where its header declares {size:,}.")
-    return np.frombuffer(data, dtype).reshape(dims)
+    """An IDX file (raw or gzipped) of 28x28 images, through the one IDX reader (inference.idx)."""
+    try:
+        return read_idx(stream, check=check_array)
+    except IdxError as error:
+        raise InputError(f"The IDX file {error}.") from None
 
 
 def check_array(shape: tuple, dtype: np.dtype) -> None:

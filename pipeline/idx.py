@@ -10,38 +10,30 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.idx import GZIP_MAGIC, IdxError, read_idx as read_idx_stream
 from pipeline.errors import PipelineError
 
 UBYTE = 0x08
-MAGIC = {1: 0x00000801, 3: 0x00000803}  # labels, images
 
 
 def read_idx(path, expected_ndim=None) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes into an array, checking magic, dimensions and length."""
+    """An IDX file of unsigned bytes (MNIST's own), gzip or raw, through the one IDX reader (inference.idx)."""
     path = Path(path)
+
+    def mnist_bytes(shape: tuple, dtype: np.dtype) -> None:
+        if dtype != np.uint8:
+            raise PipelineError(f"{path.name} holds {dtype.name} values, not the unsigned bytes of MNIST's IDX files.")
+        if expected_ndim is not None and len(shape) != expected_ndim:
+            raise PipelineError(f"{path.name} holds a {len(shape)}-D array where a {expected_ndim}-D one was expected.")
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as file:
+            gzipped = file.read(2) == GZIP_MAGIC
+        with (gzip.open if gzipped else open)(path, "rb") as stream:
+            return read_idx_stream(stream, check=mnist_bytes)
+    except IdxError as error:
+        raise PipelineError(f"{path.name} {error}.") from None
     except (OSError, EOFError, zlib.error) as error:
         raise PipelineError(f"{path.name} is not a readable gzip file ({error}).") from None
-    if len(raw) < 4:
-        raise PipelineError(f"{path.name} is too short to be an IDX file ({len(raw)} bytes).")
-    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != UBYTE or ndim not in MAGIC:
-        raise PipelineError(f"{path.name} has the wrong magic number {raw[:4].hex()} for an IDX file of bytes.")
-    if expected_ndim is not None and ndim != expected_ndim:
-        raise PipelineError(f"{path.name} holds a {ndim}-D array where a {expected_ndim}-D one was expected.")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise PipelineError(f"{path.name} is truncated inside its header.")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(shape))
-    found = len(raw) - header
-    if found != expected:
-        problem = "truncated" if found < expected else "longer than its header says"
-        raise PipelineError(f"{path.name} is {problem}: its header promises {expected} bytes of data, found {found}.")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def write_idx(path, array: np.ndarray, compress: bool = True) -> None:

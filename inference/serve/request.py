@@ -16,7 +16,7 @@ import numpy as np
 from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, RequestInput
 
-from inference.contract import INPUT_NAME
+from inference.contract import IMAGE_SHAPE, INPUT_NAME
 from inference.ensemble import Prediction, check_images
 from inference.pictures import InputError, picture_from_bytes
 
@@ -72,7 +72,7 @@ def read_pictures(tensor: RequestInput) -> tuple[np.ndarray, list[str]]:
     if len(tensor.shape) != 1 or tensor.shape[0] != len(items):
         raise BadRequest(f"pictures must have shape [N] and hold N pictures, not shape {tensor.shape} "
                          f"with {len(items)}.")
-    images, errors = np.zeros((len(items), 28, 28, 1), np.float32), [""] * len(items)
+    images, errors = np.zeros((len(items), *IMAGE_SHAPE), np.float32), [""] * len(items)
     for index, item in enumerate(items):
         try:
             images[index, ..., 0] = picture_from_bytes(item if isinstance(item, bytes) else from_base64(item))

@@ -17,14 +17,14 @@ from mlserver.repository import ModelRepository
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
 
-from inference.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, VOTES_OUTPUT
+from inference.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, VOTES_OUTPUT
 from inference.ensemble import Prediction, image_ink
 from inference.serve.batching import Batcher
 from inference.serve.catalogue import Served
 from inference.serve.request import ERROR, PICTURES, BadRequest, read_request, unanswered
 
 PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
-IMAGES = [-1, 28, 28, 1]
+IMAGES = [-1, *IMAGE_SHAPE]
 RETIRING_SECONDS = 0.5  # a retired version stays ready this long (DigitModel.unload)
 INPUTS = [
     MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
@@ -34,8 +34,8 @@ INPUTS = [
 ]
 OUTPUTS = [
     MetadataTensor(name=CLASS_OUTPUT, datatype="INT64", shape=[-1]),
-    MetadataTensor(name=VOTES_OUTPUT, datatype="INT64", shape=[-1, 10]),
-    MetadataTensor(name=MEAN_OUTPUT, datatype="FP32", shape=[-1, 10]),
+    MetadataTensor(name=VOTES_OUTPUT, datatype="INT64", shape=[-1, NUM_CLASSES]),
+    MetadataTensor(name=MEAN_OUTPUT, datatype="FP32", shape=[-1, NUM_CLASSES]),
     MetadataTensor(name="confidence", datatype="FP32", shape=[-1]),
     MetadataTensor(name="warning", datatype="BYTES", shape=[-1], parameters=Parameters(note="empty when none")),
     MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
