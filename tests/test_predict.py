@@ -123,7 +123,8 @@ def test_arrays_and_idx_files_raw_or_gzipped(bundle, test_digits, tmp_path, caps
         file.write(idx)
     (tmp_path / "short-idx3-ubyte").write_bytes(idx[:-1])
     code, records = run_main(capsys, "--models", bundle, "--separate", tmp_path)
-    assert code == 1 and records["short-idx3-ubyte"]["error"].startswith("The IDX file is truncated: its header promises 2352 bytes of data, found 2351.")
+    assert code == 1 and records["short-idx3-ubyte"]["error"] == ("The IDX file is truncated: its header promises "
+                                                                  "2352 bytes of data, found 2351.")
     for name in ("digits.npy", "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"):
         assert [records[f"{name}[{i}]"]["class"] for i in range(3)] == labels
         assert sum(records[f"{name}[0]"]["votes"]) == 5 and len(records[f"{name}[0]"]["probabilities"]) == 10
