@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from inference.ensemble import MODES
+from inference.serve import transport
 from inference.serve.versions import Rollout
 
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.poll_seconds < 0:
         parser.error("--poll-seconds must be 0 (only on SIGHUP) or more.")
+    transport.log_on_stderr()  # before the first version's warm-up lines
     rollout = Rollout(args.models, threads=args.threads, mode=args.mode, max_batch=args.max_batch)
     try:
         rollout.first()
@@ -90,7 +92,6 @@ async def serve(rollout: Rollout, args: argparse.Namespace) -> None:
     from mlserver import MLServer
     from mlserver.settings import Settings
 
-    from inference.serve import transport
     from inference.serve.runtime import Catalogue
     max_body = int(args.max_body_mb * (1 << 20))
     served = rollout.start_settings()  # the one list that loads, readiness and the repository read; rollout updates it
@@ -100,7 +101,6 @@ async def serve(rollout: Rollout, args: argparse.Namespace) -> None:
                         model_repository_implementation_args={"models": served})
     server = MLServer(settings)
     transport.harden_rest(server._rest_server._app, max_body)
-    transport.log_on_stderr()
     transport.log_grpc_access(server._grpc_server)
     if not args.repository_api:
         transport.close_repository(server._model_repository_handlers)

@@ -26,7 +26,7 @@ from inference.vote import vote
 from models.networks import load_model
 from export.bundle import build_bundle
 from export.tf_export import export_model
-from pipeline.rundir import staged_directory, write_json
+from inference.files import staged_directory, write_json
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
 from pipeline.sources import Splits

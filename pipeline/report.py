@@ -21,7 +21,7 @@ from inference.run_layout import RunLayout
 from inference.vote import vote
 from models import Conv
 from pipeline.evaluate import NUM_CLASSES, evaluate
-from pipeline.rundir import staged_directory
+from inference.files import staged_directory
 from pipeline.stages import BEYOND_SEED, STAGE_BY_ID, STAGES
 
 REFERENCE_PRESETS = ("seed",)     # the preset with the reference hyperparameters

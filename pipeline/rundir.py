@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.files import UNFINISHED, staged_directory, write_json  # noqa: F401  (one home for atomic writes)
+from inference.files import UNFINISHED
 from pipeline.errors import PipelineError
 
 LEFT_BY_OLDER_REPORTS = ".report-"  # the report's temporaries before it wrote through staged_directory

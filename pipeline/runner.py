@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.files import staged_directory, write_json
 from inference.run_layout import MODEL, RunLayout
 from pipeline import config, expand, sources
-from pipeline.rundir import (clean_unfinished, digest_arrays, fingerprint, run_lock, staged_directory,
-                                write_json)
+from pipeline.rundir import clean_unfinished, digest_arrays, fingerprint, run_lock
 from pipeline.errors import PipelineError
 from pipeline.progress import minutes
 from pipeline.stages import NODE_BY_ID, NODES, STAGE_BY_ID, STEPS, Stage

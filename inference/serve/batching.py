@@ -65,5 +65,6 @@ class Batcher:
 
 
 def rows(prediction: Prediction, start: int, stop: int) -> Prediction:
+    ink = None if prediction.ink is None else prediction.ink[start:stop]
     return Prediction(prediction.classes[start:stop], prediction.votes[start:stop],
-                      prediction.probabilities[start:stop])
+                      prediction.probabilities[start:stop], ink)

@@ -6,7 +6,6 @@ the loading before any port opened).
 """
 import asyncio
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
 
 from inference.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, VOTES_OUTPUT
-from inference.ensemble import Prediction, image_ink
+from inference.ensemble import Prediction
 from inference.serve.batching import Batcher
 from inference.serve.catalogue import Served
 from inference.serve.request import ERROR, PICTURES, BadRequest, read_request, unanswered
@@ -104,7 +103,7 @@ class DigitModel(MLModel):
             if name not in known:
                 raise BadRequest(f"Unknown output {name!r}: the outputs are {', '.join(sorted(known))}.")
         prediction = await self.batcher.predict(images)
-        prediction = unanswered(replace(prediction, ink=image_ink(images)), errors)  # ink: for blank images' warning
+        prediction = unanswered(prediction, errors)
         return self.respond(prediction, images if from_pictures else None, wanted, errors)
 
     def respond(self, prediction: Prediction, images: np.ndarray | None, wanted: list[str],

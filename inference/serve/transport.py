@@ -62,7 +62,8 @@ def harden_rest(app: FastAPI, max_body: int) -> None:
 
 
 def log_on_stderr() -> None:
-    """This server's own lines (the access log, each model's warm-up) on stderr, at INFO; MLServer's go to stdout."""
+    """This server's own lines (the access log, each model's warm-up, versions taken or refused) on stderr, at INFO;
+    MLServer's go to stdout."""
     for logger, form in ((logging.getLogger("mnist-serve"), "%(asctime)s %(message)s"),
                          (access, "%(asctime)s access %(message)s")):
         handler = logging.StreamHandler(sys.stderr)

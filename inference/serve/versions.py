@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import logging
 import signal
-import sys
 import time
 from collections.abc import Coroutine
 from functools import partial
@@ -39,7 +38,7 @@ from inference.ensemble import bundle_dir
 from inference.serve.catalogue import Served, catalogue
 from inference.serve.runtime import model_settings
 
-log = logging.getLogger("mnist-serve.versions")
+log = logging.getLogger("mnist-serve.versions")  # on stderr with the server's own lines (transport.log_on_stderr)
 
 
 def numbered(base: Path) -> dict[int, Path]:
@@ -94,12 +93,6 @@ class Rollout:
         self.names: dict[int, list[str]] = {}  # version -> its model names
         self.refused: dict[int, tuple] = {}  # version -> its files' fingerprint when it was refused
         self.models: list[Served] = []
-        if not log.handlers:  # MLServer logs to stdout; refusals are errors and go where errors go
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(asctime)s [mnist-serve] %(levelname)s - %(message)s"))
-            log.addHandler(handler)
-            log.setLevel(logging.INFO)
-            log.propagate = False
 
     @property
     def served(self) -> Path:
