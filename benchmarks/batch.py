@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from inference.ensemble import Ensemble, bundle_dir
-from inference.predict import predict_paths
+from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
+from mnist_cnn_progression.inference.predict import predict_paths
 
 
 def main(argv=None) -> dict:
@@ -69,7 +69,7 @@ def row(name: str, images: int, seconds: float, **extra) -> dict:
 
 
 def ray_rows(files: list[str], models: Path, scratch: Path) -> list[dict]:
-    from inference.batch import classify_files, connect
+    from mnist_cnn_progression.inference.batch import classify_files, connect
     started = time.perf_counter()
     ray = connect(None)
     start_seconds = round(time.perf_counter() - started, 3)
@@ -89,8 +89,8 @@ def beam_rows(files: list[str], models: Path, scratch: Path) -> list[dict]:
     from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from inference.batch import PREDICTIONS, decoded_file
-    from inference.predict import records
+    from mnist_cnn_progression.inference.batch import PREDICTIONS, decoded_file
+    from mnist_cnn_progression.inference.predict import records
 
     class EnsembleHandler(ModelHandler):
         """The project's ensemble as a Beam model: loaded once per worker; an example is a file."""

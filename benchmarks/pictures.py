@@ -29,9 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inference.ensemble import Ensemble
-from inference.pictures import InputError, picture_from_bytes
-from inference.predict import predict_paths
+from mnist_cnn_progression.inference.ensemble import Ensemble
+from mnist_cnn_progression.inference.pictures import InputError, picture_from_bytes
+from mnist_cnn_progression.inference.predict import predict_paths
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))

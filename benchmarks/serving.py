@@ -9,7 +9,7 @@ tensor extension (tritonclient's default); and this server's own batching
 against MLServer's adaptive batching (max_batch_size / max_batch_time) on the
 same ensemble, as "grpc_mlserver_batching", a second server in the same run.
 
-The server (`python -m inference.server`) runs as its own process on free
+The server (`python -m mnist_cnn_progression.inference.server`) runs as its own process on free
 ports of 127.0.0.1 and is called with tritonclient (MLServer and
 tritonclient.grpc cannot share a process). Rows: one image per request
 (FP32 [1, 28, 28, 1]) at concurrency 1 and 8, latency p50/p99 over --calls
@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.flops import timed
-from inference.contract import as_images
-from inference.ensemble import Ensemble, bundle_dir
+from mnist_cnn_progression.inference.contract import as_images
+from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
 
 BATCH, PASS_IMAGES, CONCURRENCY = 256, 2560, (1, 8)
 CLIENTS = {"grpc": "tritonclient.grpc", "rest": "tritonclient.http"}
@@ -48,8 +48,8 @@ ADAPTIVE = {"max_batch_size": 64, "max_batch_time": 0.002}  # MLServer's adaptiv
 MLSERVER_BATCHING = f"""
 import asyncio, sys
 from concurrent.futures import ThreadPoolExecutor
-from inference import server
-from inference.serve import runtime
+from mnist_cnn_progression.inference import server
+from mnist_cnn_progression.inference.serve import runtime
 settings = runtime.model_settings
 def adaptive(*args, **kwargs):
     model = settings(*args, **kwargs)
@@ -127,7 +127,7 @@ class Server:
 
     def __init__(self, models: Path, threads: int, program: str | None = None):
         self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-        start = ["-c", program] if program else ["-m", "inference.server"]
+        start = ["-c", program] if program else ["-m", "mnist_cnn_progression.inference.server"]
         self.command = [sys.executable, *start, "--models", str(models), "--threads", str(threads),
                         *(f"--{name}-port={port}" for name, port in self.ports.items())]
 
@@ -267,10 +267,10 @@ def phases(models: Path, threads: int, calls: int) -> dict:
     from mlserver.grpc.converters import ModelInferRequestConverter, ModelInferResponseConverter
     from mlserver.types import InferenceRequest
 
-    from inference.serve import transport
-    from inference.serve.catalogue import catalogue
-    from inference.serve.request import read_request
-    from inference.serve.runtime import DigitModel, model_settings
+    from mnist_cnn_progression.inference.serve import transport
+    from mnist_cnn_progression.inference.serve.catalogue import catalogue
+    from mnist_cnn_progression.inference.serve.request import read_request
+    from mnist_cnn_progression.inference.serve.runtime import DigitModel, model_settings
     transport.use_numpy_over_grpc()
     served = catalogue(bundle_dir(models), threads=threads)[0]
     model = DigitModel(model_settings(served, mode="vote", max_batch=BATCH))

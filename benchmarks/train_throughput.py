@@ -38,13 +38,13 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.flops import matmul_flops, timed
-from models.layers import ConvPool
-from models.networks import build_network
-from models.specs import IMAGE_SHAPE
-from pipeline import config, inputs, strategy as strategies
-from pipeline.stages import STAGE_BY_ID, STAGES
-from pipeline.modelstage import run_concurrently
-from pipeline.train import TrainSettings, make_optimizer, make_train_steps
+from mnist_cnn_progression.models.layers import ConvPool
+from mnist_cnn_progression.models.networks import build_network
+from mnist_cnn_progression.models.specs import IMAGE_SHAPE
+from mnist_cnn_progression.pipeline import config, inputs, strategy as strategies
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID, STAGES
+from mnist_cnn_progression.pipeline.modelstage import run_concurrently
+from mnist_cnn_progression.pipeline.train import TrainSettings, make_optimizer, make_train_steps
 
 DEFAULT_STAGES = [s.id for s in STAGES if not s.optional and s.members == 1]
 

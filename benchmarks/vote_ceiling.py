@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.files import write_json
-from inference.vote import vote
+from mnist_cnn_progression.inference.files import write_json
+from mnist_cnn_progression.inference.vote import vote
 
 MAX_CHOICES = 20_000  # beyond this many, a seeded random sample of the choices
 

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from inference.files import check_sha256
+from mnist_cnn_progression.inference.files import check_sha256
 
 
 def main(argv: list[str] | None = None) -> int:

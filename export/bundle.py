@@ -11,12 +11,12 @@ import onnx
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
                                       quantize_static)
 
-from export.metadata import ExportError, as_properties
-from inference.files import copy_file, sha256, write_bytes, write_json
-from inference.contract import (CLASS_OUTPUT, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, OPSET,
-                                PREPROCESSING, VOTES_OUTPUT, as_images)
-from inference.ensemble import Ensemble
-from export.fuse import fuse
+from mnist_cnn_progression.export.metadata import ExportError, as_properties
+from mnist_cnn_progression.inference.files import copy_file, sha256, write_bytes, write_json
+from mnist_cnn_progression.inference.contract import (CLASS_OUTPUT, INPUT_CONTRACT, INPUT_NAME, MEAN_OUTPUT,
+                                                      NUM_CLASSES, OPSET, PREPROCESSING, VOTES_OUTPUT, as_images)
+from mnist_cnn_progression.inference.ensemble import Ensemble
+from mnist_cnn_progression.export.fuse import fuse
 
 # MinMax calibration keeps every intermediate tensor of every calibration batch
 # in memory, so it sees a fixed, evenly spread sample rather than all of them.

@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from inference.contract import CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, OPSET, OUTPUT_NAME, VOTES_OUTPUT
+from mnist_cnn_progression.inference.contract import (CLASS_OUTPUT, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, OPSET,
+                                                      OUTPUT_NAME, VOTES_OUTPUT)
 
 
 def member_output(k: int) -> str:

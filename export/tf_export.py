@@ -12,9 +12,10 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from export.metadata import ExportError, as_properties
-from inference.files import sha256, staged_directory, write_bytes, write_json
-from inference.contract import IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING, SCORING_BATCH
+from mnist_cnn_progression.export.metadata import ExportError, as_properties
+from mnist_cnn_progression.inference.files import sha256, staged_directory, write_bytes, write_json
+from mnist_cnn_progression.inference.contract import (IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING,
+                                                      SCORING_BATCH)
 
 __all__ = ["ExportError", "export_model", "check_parity"]
 

@@ -35,10 +35,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from inference.files import replace_dir, write_json
-from inference.ensemble import Ensemble, bundle_dir
-from inference.pictures import InputError, read_inputs
-from inference.predict import records
+from mnist_cnn_progression.inference.files import replace_dir, write_json
+from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
+from mnist_cnn_progression.inference.pictures import InputError, read_inputs
+from mnist_cnn_progression.inference.predict import records
 
 FILES_PER_BATCH = 64   # a worker's unit of work: small enough to spread 2,000 files over many workers
 PREDICTIONS = pa.schema([("path", pa.string()), ("class", pa.int64()), ("votes", pa.list_(pa.int64())),
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="workers, one CPU and one ensemble each (default: one per CPU of the cluster)")
     args = parser.parse_args(argv)
     if importlib.util.find_spec("ray") is None:
-        print("error: mnist-batch needs Ray Data: pip install 'mnist-cnn-progression[batch]'.", file=sys.stderr)
+        print("error: mnist-batch needs Ray Data: pip install 'mnist-cnn-progression-inference[batch]'.",
+              file=sys.stderr)
         return 2
     try:
         models = bundle_dir(args.models)

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inference.contract import (CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, SCORING_BATCH,
-                                VOTES_OUTPUT)
-from inference.files import check_sha256
-from inference.run_layout import RunLayout
-from inference.vote import vote
+from mnist_cnn_progression.inference.contract import (CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES,
+                                                      SCORING_BATCH, VOTES_OUTPUT)
+from mnist_cnn_progression.inference.files import check_sha256
+from mnist_cnn_progression.inference.run_layout import RunLayout
+from mnist_cnn_progression.inference.vote import vote
 
 MODES = ("vote", "mean")
 

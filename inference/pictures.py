@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from inference.contract import IMAGE_SHAPE
-from inference.idx import GZIP_MAGIC, IdxError, looks_like_idx, read_idx
+from mnist_cnn_progression.inference.contract import IMAGE_SHAPE
+from mnist_cnn_progression.inference.idx import GZIP_MAGIC, IdxError, looks_like_idx, read_idx
 
 MAX_PIXELS = 50_000_000        # a 50-megapixel photo; a larger image (or a decompression bomb) is refused unread
 MAX_ARRAY_BYTES = 512 << 20    # the largest .npy / IDX payload read

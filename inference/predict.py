@@ -1,4 +1,4 @@
-"""Classify digit images with the ONNX ensemble: `python -m inference.predict --models PATH FILE_OR_DIR...`.
+"""Classify digit images with the ONNX ensemble: `mnist-predict --models PATH FILE_OR_DIR...`.
 
 PATH is a bundle or a run directory. Prints one JSON line per image,
 {"path", "class", "votes", "probabilities", "confidence"}
@@ -14,8 +14,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from inference.ensemble import MODES, Ensemble
-from inference.pictures import read_inputs
+from mnist_cnn_progression.inference.ensemble import MODES, Ensemble
+from mnist_cnn_progression.inference.pictures import read_inputs
 
 BATCH = 256
 
@@ -61,7 +61,7 @@ def records(pending: list, ensemble: Ensemble, mode: str) -> Iterator[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mnist-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", required=True, type=Path, help="a bundle directory or a run directory")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR",
                         help="PNG/JPEG images, .npy arrays, IDX files (raw or .gz), or directories of them")

@@ -25,9 +25,9 @@ import socket
 import sys
 from pathlib import Path
 
-from inference.ensemble import MODES
-from inference.serve import transport
-from inference.serve.versions import Rollout
+from mnist_cnn_progression.inference.ensemble import MODES
+from mnist_cnn_progression.inference.serve import transport
+from mnist_cnn_progression.inference.serve.versions import Rollout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +92,7 @@ async def serve(rollout: Rollout, args: argparse.Namespace) -> None:
     from mlserver import MLServer
     from mlserver.settings import Settings
 
-    from inference.serve.runtime import Catalogue
+    from mnist_cnn_progression.inference.serve.runtime import Catalogue
     max_body = int(args.max_body_mb * (1 << 20))
     served = rollout.start_settings()  # the one list that loads, readiness and the repository read; rollout updates it
     settings = Settings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, parallel_workers=0,

@@ -1,9 +1,9 @@
 """The one function that turns a network spec into a Keras model, and the loader for saved ones."""
 import keras
 
-from inference.contract import INPUT_NAME, OUTPUT_NAME
-from models.layers import ConvPool, ReplicaDropout, initializers
-from models.specs import IMAGE_SHAPE, NUM_CLASSES, BNConv, Conv, Network
+from mnist_cnn_progression.inference.contract import INPUT_NAME, OUTPUT_NAME
+from mnist_cnn_progression.models.layers import ConvPool, ReplicaDropout, initializers
+from mnist_cnn_progression.models.specs import IMAGE_SHAPE, NUM_CLASSES, BNConv, Conv, Network
 
 
 def build_network(network: Network, l2: float = 0.0, seed: int = 0, name: str = "net",

@@ -1,7 +1,8 @@
 """Network specs as plain data: what each stage's network is, readable without loading Keras."""
 from dataclasses import dataclass
 
-from inference.contract import IMAGE_SHAPE, NUM_CLASSES  # noqa: F401  (the specs' input and output, re-exported)
+# the specs' input and output, re-exported
+from mnist_cnn_progression.inference.contract import IMAGE_SHAPE, NUM_CLASSES  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Side by side: the stages of two or more finished runs, from their summary.json files.
 
-    python -m pipeline.compare RUN_DIR RUN_DIR... [--json]
+    python -m mnist_cnn_progression.pipeline.compare RUN_DIR RUN_DIR... [--json]
 
 Runs are lettered A, B, ...; the difference columns are each run's test
 accuracy minus run A's, in percentage points.
@@ -10,8 +10,9 @@ import json
 import string
 from pathlib import Path
 
-from pipeline.report import cell, duration, load_summary, percent, points, stage_order, to_markdown
-from pipeline.stages import STAGE_BY_ID
+from mnist_cnn_progression.pipeline.report import (cell, duration, load_summary, percent, points, stage_order,
+                                                   to_markdown)
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 
 FIELDS = ("test_accuracy", "val_accuracy", "best_epoch", "wall_seconds")
 
@@ -56,7 +57,8 @@ def to_table(comparison: dict) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mnist_cnn_progression.pipeline.compare",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories with a summary.json")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON instead of markdown")
     args = parser.parse_args(argv)

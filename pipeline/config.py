@@ -8,9 +8,9 @@ import copy
 import json
 from dataclasses import dataclass
 
-from inference.contract import SCORING_BATCH
-from pipeline.errors import PipelineError
-from pipeline.stages import STAGE_BY_ID, STAGES
+from mnist_cnn_progression.inference.contract import SCORING_BATCH
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID, STAGES
 
 RELU_STAGES = [stage.id for stage in STAGES if stage.network.activation == "relu"]
 

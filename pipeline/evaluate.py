@@ -5,7 +5,7 @@ NumPy only, so the same numbers can be recomputed from saved probabilities
 """
 import numpy as np
 
-from inference.contract import NUM_CLASSES
+from mnist_cnn_progression.inference.contract import NUM_CLASSES
 
 
 def evaluate(probabilities: np.ndarray | None, labels: np.ndarray, reference_accuracy: float,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.idx import GZIP_MAGIC, IdxError, read_idx as read_idx_stream
-from pipeline.errors import PipelineError
+from mnist_cnn_progression.inference.idx import GZIP_MAGIC, IdxError, read_idx as read_idx_stream
+from mnist_cnn_progression.pipeline.errors import PipelineError
 
 UBYTE = 0x08
 

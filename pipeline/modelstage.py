@@ -20,19 +20,19 @@ from typing import Callable
 
 import numpy as np
 
-from inference import run_layout as layout
-from inference.contract import as_images
-from inference.vote import vote
-from models.networks import load_model
-from export.bundle import build_bundle
-from export.tf_export import export_model
-from inference.files import staged_directory, write_json
-from pipeline.errors import PipelineError
-from pipeline.evaluate import evaluate
-from pipeline.sources import Splits
-from pipeline.stages import Stage
-from pipeline.strategy import is_chief, is_default
-from pipeline.train import Trained, TrainSettings, predict, train, write_history_csv
+from mnist_cnn_progression.inference import run_layout as layout
+from mnist_cnn_progression.inference.contract import as_images
+from mnist_cnn_progression.inference.vote import vote
+from mnist_cnn_progression.models.networks import load_model
+from mnist_cnn_progression.export.bundle import build_bundle
+from mnist_cnn_progression.export.tf_export import export_model
+from mnist_cnn_progression.inference.files import staged_directory, write_json
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.evaluate import evaluate
+from mnist_cnn_progression.pipeline.sources import Splits
+from mnist_cnn_progression.pipeline.stages import Stage
+from mnist_cnn_progression.pipeline.strategy import is_chief, is_default
+from mnist_cnn_progression.pipeline.train import Trained, TrainSettings, predict, train, write_history_csv
 
 CALIBRATION_IMAGES = 1000
 

@@ -1,6 +1,6 @@
 """A run's progression against SEED.md's reference, as one PNG (the README's picture is made this way).
 
-    python -m pipeline.plot RUN_DIR --out docs/progression.png
+    python -m mnist_cnn_progression.pipeline.plot RUN_DIR --out docs/progression.png
 
 It reads only RUN_DIR/summary.json: each finished stage's test accuracy beside its reference_accuracy.
 """
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from inference.files import write_bytes
-from pipeline.report import load_summary, stage_order
+from mnist_cnn_progression.inference.files import write_bytes
+from mnist_cnn_progression.pipeline.report import load_summary, stage_order
 
 RUN_COLOUR, REFERENCE_COLOUR = "tab:blue", "0.45"
 
@@ -74,7 +74,8 @@ def write_plot(run_dir: Path, out: Path) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.plot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mnist_cnn_progression.pipeline.plot",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run directory with summary.json")
     parser.add_argument("--out", type=Path, default=Path("progression.png"), help="the PNG to write")
     args = parser.parse_args(argv)

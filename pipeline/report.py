@@ -16,13 +16,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from inference import run_layout as layout
-from inference.run_layout import RunLayout
-from inference.vote import vote
-from models import Conv
-from pipeline.evaluate import NUM_CLASSES, evaluate
-from inference.files import staged_directory
-from pipeline.stages import BEYOND_SEED, STAGE_BY_ID, STAGES
+from mnist_cnn_progression.inference import run_layout as layout
+from mnist_cnn_progression.inference.run_layout import RunLayout
+from mnist_cnn_progression.inference.vote import vote
+from mnist_cnn_progression.models import Conv
+from mnist_cnn_progression.pipeline.evaluate import NUM_CLASSES, evaluate
+from mnist_cnn_progression.inference.files import staged_directory
+from mnist_cnn_progression.pipeline.stages import BEYOND_SEED, STAGE_BY_ID, STAGES
 
 REFERENCE_PRESETS = ("seed",)     # the preset with the reference hyperparameters
 FILTER_STAGES = ("conv2_relu", "dropout")  # preferred sources of the first-layer filters
@@ -288,8 +288,8 @@ class _Report:
         for stage_id in [i for i in FILTER_STAGES if i in convolutional] + convolutional:
             path = self.layout.stage(stage_id) / layout.MODEL
             if path.exists():
-                from models.layers import ConvPool
-                from models.networks import load_model
+                from mnist_cnn_progression.models.layers import ConvPool
+                from mnist_cnn_progression.models.networks import load_model
                 model = load_model(path)
                 conv = next((layer for layer in model.layers if isinstance(layer, ConvPool)), None)
                 if conv is not None:

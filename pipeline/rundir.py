@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.files import UNFINISHED
-from pipeline.errors import PipelineError
+from mnist_cnn_progression.inference.files import UNFINISHED
+from mnist_cnn_progression.pipeline.errors import PipelineError
 
 LEFT_BY_OLDER_REPORTS = ".report-"  # the report's temporaries before it wrote through staged_directory
 

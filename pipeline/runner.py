@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.files import staged_directory, write_json
-from inference.run_layout import MODEL, RunLayout
-from pipeline import config, expand, sources
-from pipeline.rundir import clean_unfinished, digest_arrays, fingerprint, run_lock
-from pipeline.errors import PipelineError
-from pipeline.progress import minutes
-from pipeline.stages import NODE_BY_ID, NODES, STAGE_BY_ID, STEPS, Stage
+from mnist_cnn_progression.inference.files import staged_directory, write_json
+from mnist_cnn_progression.inference.run_layout import MODEL, RunLayout
+from mnist_cnn_progression.pipeline import config, expand, sources
+from mnist_cnn_progression.pipeline.rundir import clean_unfinished, digest_arrays, fingerprint, run_lock
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.progress import minutes
+from mnist_cnn_progression.pipeline.stages import NODE_BY_ID, NODES, STAGE_BY_ID, STEPS, Stage
 
 STEP_IDS = [step.id for step in STEPS]
 DEFAULT_NODES = [node.id for node in NODES if not (isinstance(node, Stage) and node.optional)]
@@ -115,7 +115,7 @@ class Runner:
         self._trained_work, self._trained_seconds = 0, 0.0  # the stages this run trained: their cost and time
         self.task = None  # in a multi-worker run, another worker's name ("worker-1"): it writes none of the run's files
         if strategy is not None:
-            from pipeline.strategy import task_name
+            from mnist_cnn_progression.pipeline.strategy import task_name
             self.task = task_name(strategy)
             self._record_strategy()
 
@@ -127,7 +127,7 @@ class Runner:
     def strategy(self):
         """Created on first use: a run that only prepares data never starts TensorFlow's runtime."""
         if self._strategy is None:
-            from pipeline import strategy
+            from mnist_cnn_progression.pipeline import strategy
             self._strategy = strategy.choose(self.settings["strategy"])
             self._record_strategy()
         return self._strategy
@@ -136,7 +136,7 @@ class Runner:
         """The strategy and devices, into summary.json's environment (once, when the strategy is set)."""
         import tensorflow as tf
 
-        from pipeline import strategy
+        from mnist_cnn_progression.pipeline import strategy
         gpus = tf.config.list_logical_devices("GPU")
         self.summary.setdefault("environment", {}).update(
             strategy=strategy.describe(self._strategy), device=f"GPU x{len(gpus)}" if gpus else "CPU")
@@ -181,7 +181,7 @@ class Runner:
             if self.task is None:
                 self._save()
             if self._strategy is not None:  # multi-worker: no worker leaves before the chief has written everything
-                from pipeline.strategy import sum_over_workers
+                from mnist_cnn_progression.pipeline.strategy import sum_over_workers
                 sum_over_workers(self._strategy, [0])
         return self.summary
 
@@ -300,7 +300,7 @@ class Runner:
         return self.splits
 
     def _report(self):
-        from pipeline.report import write_report
+        from mnist_cnn_progression.pipeline.report import write_report
         write_report(self.run_dir)
         self.log(f"[report] {self.layout.report / 'report.html'}")
 
@@ -346,7 +346,8 @@ class Runner:
 
     def _execute(self, stage: Stage, output: Path | None, node_fingerprint: str) -> dict:
         """Hand the stage its job (modelstage.StageJob: its settings, inputs and outputs, resolved here); its entry."""
-        from pipeline import modelstage  # TensorFlow loads only when a stage trains: a data-only run never starts it
+        # TensorFlow loads only when a stage trains: a data-only run never starts it
+        from mnist_cnn_progression.pipeline import modelstage
         member_zero = self._member_zero_source(stage)
         return modelstage.run(modelstage.StageJob(
             stage=stage, settings=tuple(self.train_settings(stage, k) for k in range(stage.members)),
@@ -378,7 +379,7 @@ class Runner:
         """
         if self._strategy is None:
             return done, node_fingerprint
-        from pipeline.strategy import chief_decides, sum_over_workers
+        from mnist_cnn_progression.pipeline.strategy import chief_decides, sum_over_workers
         key = lambda text: int(text[:15], 16)
         done, chief_key = chief_decides(self._strategy, [int(done), key(node_fingerprint) if node_fingerprint else 0])
         if not done:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.contract import IMAGE_SHAPE
-from inference.files import sha256, sha256_matches
-from pipeline.errors import PipelineError
-from pipeline.idx import read_idx
+from mnist_cnn_progression.inference.contract import IMAGE_SHAPE
+from mnist_cnn_progression.inference.files import sha256, sha256_matches
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.idx import read_idx
 
 DEFAULT_MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # the files tensorflow-datasets fetches
 OFFICIAL_SHA256 = {  # the official gzip files, as tensorflow-datasets pins them

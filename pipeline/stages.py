@@ -4,7 +4,7 @@ A new stage is one more row; what a node needs is read off its row.
 """
 from dataclasses import dataclass, field
 
-from models import BNConv, Conv, Dense, Network
+from mnist_cnn_progression.models import BNConv, Conv, Dense, Network
 
 
 @dataclass(frozen=True)

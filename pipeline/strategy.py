@@ -11,7 +11,7 @@ import os
 
 import tensorflow as tf
 
-from pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.errors import PipelineError
 
 
 def cluster_size() -> int:

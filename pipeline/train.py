@@ -31,15 +31,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from inference.contract import NUM_CLASSES, SCORING_BATCH
-from inference.files import write_json
-from models import Network
-from models.networks import build_network
-from pipeline import inputs
-from pipeline.config import TrainSettings
-from pipeline.errors import PipelineError
-from pipeline.progress import minutes
-from pipeline.strategy import chief_decides, is_chief, is_multi_worker, sum_over_workers, task_name
+from mnist_cnn_progression.inference.contract import NUM_CLASSES, SCORING_BATCH
+from mnist_cnn_progression.inference.files import write_json
+from mnist_cnn_progression.models import Network
+from mnist_cnn_progression.models.networks import build_network
+from mnist_cnn_progression.pipeline import inputs
+from mnist_cnn_progression.pipeline.config import TrainSettings
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.progress import minutes
+from mnist_cnn_progression.pipeline.strategy import (chief_decides, is_chief, is_multi_worker, sum_over_workers,
+                                                     task_name)
 
 
 @dataclass

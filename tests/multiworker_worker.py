@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import sources
-from pipeline import strategy as strategies
+from mnist_cnn_progression.pipeline import sources
+from mnist_cnn_progression.pipeline import strategy as strategies
 
 strategy = strategies.choose("auto")  # TF_CONFIG names a cluster: MultiWorkerMirroredStrategy, created first
 import tensorflow as tf  # noqa: E402
 
-from models.layers import ReplicaDropout  # noqa: E402
-from pipeline.stages import STAGE_BY_ID  # noqa: E402
-from pipeline.train import TrainSettings, train  # noqa: E402
+from mnist_cnn_progression.models.layers import ReplicaDropout  # noqa: E402
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID  # noqa: E402
+from mnist_cnn_progression.pipeline.train import TrainSettings, train  # noqa: E402
 
 splits = sources.from_sample()
 settings = TrainSettings(epochs=2, batch_size=32, optimizer="adam", learning_rate=0.002, shuffle=True, max_shift=1,

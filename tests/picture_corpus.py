@@ -326,7 +326,7 @@ KINDS = {
 def official_test_digits(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """The official MNIST test set (t10k IDX files, gzip or raw) as uint8 [10000, 28, 28] and int64 labels."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pipeline.idx import read_idx
+    from mnist_cnn_progression.pipeline.idx import read_idx
     return (read_idx(folder / "t10k-images-idx3-ubyte.gz", expected_ndim=3),
             read_idx(folder / "t10k-labels-idx1-ubyte.gz", expected_ndim=1).astype(np.int64))
 

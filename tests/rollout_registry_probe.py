@@ -22,7 +22,7 @@ import numpy as np
 from mlserver.registry import MultiModelRegistry
 from mlserver.types import InferenceRequest, RequestInput, RequestOutput
 
-from inference.serve.versions import Rollout
+from mnist_cnn_progression.inference.serve.versions import Rollout
 
 PHASES = 4  # stand-in requests, each a step of the event loop after the one before
 BUSY_IMAGES = 2000  # a batch that keeps ONNX Runtime busy for a while

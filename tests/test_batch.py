@@ -16,8 +16,9 @@ from PIL import Image
 
 pytest.importorskip("ray", reason="the batch extra (ray[data]) is not installed")
 
-from inference.batch import classify_files, input_files, main  # noqa: E402
-from inference.predict import classify  # noqa: E402
+from mnist_cnn_progression.inference.batch import classify_files, input_files, main  # noqa: E402
+from mnist_cnn_progression.inference.predict import classify  # noqa: E402
+from conftest import module_command  # noqa: E402
 
 pytestmark = pytest.mark.slow  # every test here runs a Ray pipeline
 
@@ -164,7 +165,7 @@ def test_a_two_node_ray_cluster_on_loopback_shares_the_work_between_its_nodes(in
             assert time.monotonic() < deadline, "the two-node cluster did not come up"
             time.sleep(1)
         output = tmp_path / "out"
-        result = subprocess.run([sys.executable, "-m", "inference.batch", "--input", str(inputs[0] / "part0"),
+        result = subprocess.run([*module_command("inference.batch"), "--input", str(inputs[0] / "part0"),
                                  "--output", str(output), "--models", str(bundle), "--address", head_address],
                                 env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from benchmarks.train_throughput import fused_members
-from models.networks import build_network
-from pipeline.stages import STAGE_BY_ID
+from mnist_cnn_progression.models.networks import build_network
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 
 
 @pytest.mark.parametrize("grouped_conv2", [False, True])
@@ -29,7 +29,7 @@ def test_fused_members_compute_what_the_members_compute(grouped_conv2):
 def test_the_benchmark_times_each_stage_at_its_own_preset_batch(tmp_path):
     """A preset may set the batch per stage (the fast preset trains conv1 at 64): the benchmark takes the stage's."""
     from benchmarks.train_throughput import main
-    from pipeline import config
+    from mnist_cnn_progression.pipeline import config
     result = main(["--stages", "conv1", "--images", "640", "--repeats", "1", "--compare", "",
                    "--out", str(tmp_path / "throughput.json")])
     batches = [row["batch"] for row in result["rows"]]

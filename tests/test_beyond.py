@@ -10,15 +10,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import run_pipeline
-from export.fuse import fuse
-from export.tf_export import export_model
-from inference.ensemble import Ensemble
-from inference.vote import vote
-from models import BNConv, Dense, Network
-from models.networks import build_network, load_model
-from pipeline.runner import DEFAULT_NODES, MEMBER_SEED_STRIDE
-from pipeline.stages import STAGE_BY_ID
+from mnist_cnn_progression.pipeline import cli
+from mnist_cnn_progression.export.fuse import fuse
+from mnist_cnn_progression.export.tf_export import export_model
+from mnist_cnn_progression.inference.ensemble import Ensemble
+from mnist_cnn_progression.inference.vote import vote
+from mnist_cnn_progression.models import BNConv, Dense, Network
+from mnist_cnn_progression.models.networks import build_network, load_model
+from mnist_cnn_progression.pipeline.runner import DEFAULT_NODES, MEMBER_SEED_STRIDE
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 
 pytestmark = pytest.mark.slow  # these train the beyond stage's networks
 
@@ -129,7 +129,7 @@ def beyond_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("beyond_run")
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        code = run_pipeline.main([
+        code = cli.main([
             "--data", "sample", "--preset", "quick", "--stages", "beyond,report", "--run-dir", str(run_dir),
             "--set", "train_limit=640", "--set", "epochs=1", "--set", "batch_size=64", "--set", "min_steps.beyond=150",
             "--set", "max_rotation.beyond=12", "--set", "max_zoom.beyond=0.1", "--set", "max_shift.beyond=2"])

@@ -1,12 +1,12 @@
 """Comparing runs: the side-by-side table and its JSON hold each summary's figures."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from pipeline.compare import compare, main
+from mnist_cnn_progression.pipeline.compare import compare, main
+from conftest import module_command
 from tests.report_fixtures import make_run, markdown_table
 
 
@@ -54,6 +54,6 @@ def test_json_option(runs, capsys):
 
 
 def test_runs_as_a_module(runs):
-    done = subprocess.run([sys.executable, "-m", "pipeline.compare", *map(str, runs)], capture_output=True,
+    done = subprocess.run([*module_command("pipeline.compare"), *map(str, runs)], capture_output=True,
                           text=True, cwd=Path(__file__).parents[1], check=True)
     assert "| Stage | Reference % | A test % | B test % |" in done.stdout

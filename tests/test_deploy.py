@@ -5,12 +5,13 @@ them) fetches the test bundle as a .tar.gz from an HTTP server on 127.0.0.1, the
 ConfigMap's URL pointed at it, onto a directory standing for the volume; the server
 container's command and args, with `$(VAR)` expanded from its env, the volume's
 mount path moved to that directory and every container port to a free one (mapped
-the same way in args, probes and the scraped port), start `python -m inference.server`.
+the same way in args, probes and the scraped port), start `python -m mnist_cnn_progression.inference.server`.
 Then every probe's path must answer 200 on the port it names, and the scraped path
 Prometheus text on the scraped port.
 """
 import functools
 import hashlib
+import importlib.metadata
 import http.server
 import os
 import re
@@ -68,9 +69,10 @@ def container_ports() -> dict:
 
 
 def image_commands() -> dict:
-    """What each command of the image runs here: mnist-serve from setup.cfg, the rest from the Dockerfile's COPYs."""
-    commands = {"mnist-serve": [sys.executable, "-m", "inference.server"]}
-    assert "mnist-serve = inference.server:main" in (ROOT / "setup.cfg").read_text()
+    """What each command of the image runs here: mnist-serve as installed, the rest from the Dockerfile's COPYs."""
+    serve = importlib.metadata.entry_points(group="console_scripts")["mnist-serve"]
+    assert serve.attr == "main", "mnist-serve no longer runs its module's main()"
+    commands = {"mnist-serve": [sys.executable, "-m", serve.module]}
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     for source, name in re.findall(r"^COPY\s+(?:--\S+\s+)*(\S+)\s+/usr/local/bin/(\S+)$", dockerfile, re.M):
         assert f"!{source}" in (DEPLOY / "Dockerfile.dockerignore").read_text(), f"{source} is not in the build"

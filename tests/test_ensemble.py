@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 
 from conftest import TRAIN
-from inference.files import sha256
-from inference.ensemble import Ensemble, training_data_warning
-from export.fuse import member_output, vote_model
-from inference.vote import vote
+from mnist_cnn_progression.inference.files import sha256
+from mnist_cnn_progression.inference.ensemble import Ensemble, training_data_warning
+from mnist_cnn_progression.export.fuse import member_output, vote_model
+from mnist_cnn_progression.inference.vote import vote
 
 
 def test_fused_graph_gives_the_vote_of_the_separate_members(bundle, mnist_digits):
@@ -124,7 +124,7 @@ def test_fused_graphs_carry_metadata_and_an_empty_batch_is_fine(bundle):
 
 
 def test_a_split_vote_or_a_low_probability_gets_a_warning():
-    from inference.ensemble import Prediction
+    from mnist_cnn_progression.inference.ensemble import Prediction
     votes = np.array([[0, 5, 0, 0, 0, 0, 0, 0, 0, 0], [0, 3, 2, 0, 0, 0, 0, 0, 0, 0], [0, 5, 0, 0, 0, 0, 0, 0, 0, 0]])
     probabilities = np.full((3, 10), 0.02, np.float32)
     probabilities[:, 1] = [0.9, 0.7, 0.4]

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.evaluate import evaluate
+from mnist_cnn_progression.pipeline.evaluate import evaluate
 
 LABELS = np.array([0, 0, 1, 1, 2, 3])
 PREDICTED = np.array([0, 1, 1, 1, 2, 2])  # errors at 1 (0 -> 1) and 5 (3 -> 2)

@@ -1,8 +1,8 @@
 """Expansion: exactly the reference one-pixel shifts, checked image by image against a loop like expand_mnist.py."""
 import numpy as np
 
-from pipeline.expand import expand, shift
-from pipeline.sources import from_sample
+from mnist_cnn_progression.pipeline.expand import expand, shift
+from mnist_cnn_progression.pipeline.sources import from_sample
 
 
 def reference_expansion(images):

@@ -7,10 +7,10 @@ import numpy as np
 import onnx
 import pytest
 
-from export.metadata import ExportError
-from inference.files import sha256
-from inference.contract import OPSET
-from export.tf_export import check_parity, export_model
+from mnist_cnn_progression.export.metadata import ExportError
+from mnist_cnn_progression.inference.files import sha256
+from mnist_cnn_progression.inference.contract import OPSET
+from mnist_cnn_progression.export.tf_export import check_parity, export_model
 
 METADATA = {"stage": "dropout", "reference_accuracy": 0.996, "test_accuracy": 0.5}
 
@@ -18,8 +18,8 @@ METADATA = {"stage": "dropout", "reference_accuracy": 0.996, "test_accuracy": 0.
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, mnist_digits):
     """The stage-6 network, untrained but with a random softmax layer so that classes differ."""
-    from models.networks import build_network
-    from pipeline.stages import STAGE_BY_ID
+    from mnist_cnn_progression.models.networks import build_network
+    from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
     model = build_network(STAGE_BY_ID["dropout"].network, seed=3)
     kernel = model.get_layer("probabilities").kernel
     kernel.assign(np.random.default_rng(0).normal(0, 0.05, kernel.shape).astype(np.float32))
@@ -90,7 +90,7 @@ def test_replacing_a_directory_never_loses_the_old_one_when_the_new_one_cannot_g
     """replace_dir renames the old one aside first (it used to delete it first): a failed rename puts it back."""
     import os
 
-    from inference import files
+    from mnist_cnn_progression.inference import files
     old, new = tmp_path / "bundle", tmp_path / "new"
     old.mkdir()
     (old / "manifest.json").write_text("old")

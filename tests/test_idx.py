@@ -4,8 +4,8 @@ import gzip
 import numpy as np
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.idx import read_idx, write_idx
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.idx import read_idx, write_idx
 
 
 @pytest.fixture

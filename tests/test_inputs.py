@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from pipeline.inputs import Arrays, random_transform
+from mnist_cnn_progression.pipeline.inputs import Arrays, random_transform
 
 SEED = tf.constant([3, 7], tf.int64)
 

@@ -3,10 +3,10 @@ decoupled weight decay (the fast preset's AdamW) shrinks the weights apart from 
 import numpy as np
 import tensorflow as tf
 
-from models import Dense, Network
-from models.networks import build_network
-from pipeline import sources
-from pipeline.train import TrainSettings, make_optimizer, train
+from mnist_cnn_progression.models import Dense, Network
+from mnist_cnn_progression.models.networks import build_network
+from mnist_cnn_progression.pipeline import sources
+from mnist_cnn_progression.pipeline.train import TrainSettings, make_optimizer, train
 
 NETWORK = Network((Dense(30),))
 ETA, LMBDA = 0.5, 0.1

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from models import Conv, Dense, Network
-from models.layers import ConvPool
-from models.networks import build_network, load_model
-from pipeline.stages import STAGE_BY_ID, STAGES
+from mnist_cnn_progression.models import Conv, Dense, Network
+from mnist_cnn_progression.models.layers import ConvPool
+from mnist_cnn_progression.models.networks import build_network, load_model
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID, STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,8 +97,8 @@ import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from models.networks import build_network
-from pipeline.stages import STAGE_BY_ID
+from mnist_cnn_progression.models.networks import build_network
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 
 def masks(strategy):
     # Each dropout layer's mask on every replica, two steps: 1 kept, 0 dropped, -1 where the input was 0 already.
@@ -193,7 +193,7 @@ def test_stage_table_covers_seed_md():
 
 def test_the_stage_table_and_presets_load_without_keras():
     """--help, --stages and the comparison tool read the table; they must not wait for TensorFlow to start."""
-    code = ("import sys; import pipeline.stages, pipeline.config, pipeline.compare; "
+    code = ("import sys; from mnist_cnn_progression.pipeline import stages, config, compare; "
             "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[]"

@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.rundir import run_lock
-from pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.rundir import run_lock
+from mnist_cnn_progression.pipeline.errors import PipelineError
 
 pytestmark = pytest.mark.slow  # every test here starts a cluster of worker processes
 

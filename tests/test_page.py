@@ -1,6 +1,6 @@
 """The draw-a-digit page in a real browser: headless Chromium, driven by selenium, against the real server.
 
-The server (`python -m inference.server`) runs as a subprocess on free ports of
+The server (`python -m mnist_cnn_progression.inference.server`) runs as a subprocess on free ports of
 127.0.0.1 with the test bundle and serves the page itself; strokes are drawn
 with pointer events (WebDriver actions with a mouse, pen or touch pointer), and
 whatever the page shows is checked against the server's own answer for the very
@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TRAIN
+from conftest import TRAIN, module_command
 
 pytestmark = pytest.mark.slow  # every test here drives Chromium against a server process
 
@@ -81,7 +80,7 @@ def serving(models: Path, log: Path):
     """The real server on free ports, ready; stopped with SIGTERM, which it must answer with exit status 0."""
     ports = [free_port(), free_port(), free_port()]
     with open(log, "w") as stderr:  # a file, not a pipe nobody reads while the tests run
-        process = subprocess.Popen([sys.executable, "-m", "inference.server", "--models", str(models),
+        process = subprocess.Popen([*module_command("inference.server"), "--models", str(models),
                                     "--host", "127.0.0.1", "--http-port", str(ports[0]),
                                     "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
                                    stdout=stderr, stderr=subprocess.STDOUT)

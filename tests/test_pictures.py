@@ -21,8 +21,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import TRAIN
-from inference.ensemble import Ensemble
-from inference.pictures import InputError, picture_from_bytes
+from mnist_cnn_progression.inference.ensemble import Ensemble
+from mnist_cnn_progression.inference.pictures import InputError, picture_from_bytes
 from picture_corpus import KINDS, corpus, grey_paper_photo, png, small_in_large_frame
 
 PER_KIND = 25
@@ -204,7 +204,7 @@ def test_a_phone_photo_is_decoded_at_a_reduced_scale_and_read_right(held_out, mo
 
     (The time this saves is measured by benchmarks/pictures.py, not asserted here.)
     """
-    import inference.pictures as pictures
+    import mnist_cnn_progression.inference.pictures as pictures
     digit = held_out[0][220]
     photo = np.full((3000, 4000, 3), 200, np.uint8)
     photo[1000:2120, 1500:2620] = 200 - (150 * cv2.resize(digit, (1120, 1120))[..., None]).astype(np.uint8)

@@ -1,12 +1,12 @@
 """pipeline.plot: the progression PNG made from a run's summary.json."""
 import json
 import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 
-from pipeline.plot import progression, write_plot
+from mnist_cnn_progression.pipeline.plot import progression, write_plot
+from conftest import module_command
 from tests.report_fixtures import make_run
 
 
@@ -39,7 +39,7 @@ def test_plot_leaves_out_stages_not_done(tmp_path):
 
 def test_plot_refuses_a_directory_without_a_summary_in_one_sentence(tmp_path):
     out = tmp_path / "progression.png"
-    result = subprocess.run([sys.executable, "-m", "pipeline.plot", str(tmp_path), "--out", str(out)],
+    result = subprocess.run([*module_command("pipeline.plot"), str(tmp_path), "--out", str(out)],
                             capture_output=True, text=True)
 
     assert result.returncode == 2

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from conftest import TRAIN
-from inference.ensemble import Ensemble
-from inference.predict import classify, main
-from inference.pictures import read_inputs
+from mnist_cnn_progression.inference.ensemble import Ensemble
+from mnist_cnn_progression.inference.predict import classify, main
+from mnist_cnn_progression.inference.pictures import read_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,11 +138,11 @@ def test_command_and_module_work_where_tensorflow_and_onnx_cannot_be_imported(bu
     script = (
         "import sys, runpy\n"
         "sys.modules['tensorflow'] = sys.modules['keras'] = sys.modules['onnx'] = None\n"
-        "from inference.ensemble import Ensemble\n"
+        "from mnist_cnn_progression.inference.ensemble import Ensemble\n"
         "import numpy as np\n"
         "print(Ensemble.load(sys.argv[1], int8=True).predict(np.load(sys.argv[2])[None] / 255.0).classes[0])\n"
         "sys.argv = ['predict', '--models', *sys.argv[1:2], *sys.argv[3:]]\n"
-        "runpy.run_module('inference.predict', run_name='__main__')\n")
+        "runpy.run_module('mnist_cnn_progression.inference.predict', run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", script, str(bundle), str(tmp_path / "digit.npy"),
                              str(tmp_path / "digit.png"), str(tmp_path / "digit.npy")],
                             capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})

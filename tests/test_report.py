@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.vote import vote
-from pipeline.report import GALLERY_LIMIT, write_report
+from mnist_cnn_progression.inference.vote import vote
+from mnist_cnn_progression.pipeline.report import GALLERY_LIMIT, write_report
 from tests.report_fixtures import make_run, markdown_table
 
 
@@ -187,7 +187,7 @@ def test_a_stage_beyond_the_seed_gets_its_own_section_vote_figure_and_bundle(tmp
 
 def test_what_a_killed_report_or_stage_left_is_removed_and_nothing_else(tmp_path):
     """The report's temporaries (.report-* from before, .unfinished-report-* now) went uncleaned after a kill."""
-    from pipeline.rundir import clean_unfinished
+    from mnist_cnn_progression.pipeline.rundir import clean_unfinished
     for leftover in (".report-k1lled", ".unfinished-report-k1lled", "stages/.unfinished-conv1-k1lled"):
         (tmp_path / leftover).mkdir(parents=True)
     (tmp_path / "report").mkdir()

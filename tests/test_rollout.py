@@ -1,6 +1,6 @@
 """Model versions as a client sees them: a base directory of numbered versions, a new one taking over under load.
 
-The server is `python -m inference.server --models BASE` in its own process on
+The server is `python -m mnist_cnn_progression.inference.server --models BASE` in its own process on
 free ports of 127.0.0.1 (test_server's helpers), called with tritonclient.
 Version 1 is the five-network bundle of conftest; version 2 is built from
 three of its networks, so every answer tells which version gave it: its votes
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TRAIN
+from conftest import TRAIN, module_command
 from test_server import (PROTOCOLS, client, free_port, grpcclient, httpclient, metadata, run_dir,  # noqa: F401
                          start, stop)
 
@@ -37,7 +37,7 @@ OLD, NEW = 5, 3  # the networks of versions 1 and 2: the votes of one image add 
 @pytest.fixture(scope="module")
 def three_networks(tmp_path_factory, bundle, mnist_digits):
     """Another bundle, as another run would make it: three of the five networks."""
-    from export.bundle import build_bundle
+    from mnist_cnn_progression.export.bundle import build_bundle
     images, labels = mnist_digits
     out = tmp_path_factory.mktemp("three") / "bundle"
     build_bundle([bundle / "members" / f"member_{k}.onnx" for k in range(NEW)], out,
@@ -56,7 +56,7 @@ def base(tmp_path_factory, run_dir):
 
 @pytest.fixture(scope="module")
 def server(base):
-    process, ports = start([sys.executable, "-m", "inference.server", "--models", str(base),
+    process, ports = start([*module_command("inference.server"), "--models", str(base),
                                "--poll-seconds", str(POLL_SECONDS)])
     yield {"ports": ports, "process": process}
     stop(process)
@@ -197,7 +197,7 @@ def test_sighup_without_polling_and_a_damaged_highest_version_at_start(tmp_path,
     """--poll-seconds 0: only SIGHUP looks again. At start the damaged version 2 is refused and 1 is served."""
     shutil.copytree(bundle, tmp_path / "1")
     copy_in(bundle, tmp_path, 2, damaged=True)
-    process, ports = start([sys.executable, "-m", "inference.server", "--models", str(tmp_path),
+    process, ports = start([*module_command("inference.server"), "--models", str(tmp_path),
                                "--poll-seconds", "0"])
     server = {"ports": ports}
     try:
@@ -216,7 +216,7 @@ def test_sighup_without_polling_and_a_damaged_highest_version_at_start(tmp_path,
 def test_a_base_without_a_complete_version_exits_2_with_one_sentence(tmp_path, bundle):
     (tmp_path / "1").mkdir()
     shutil.copyfile(bundle / "manifest.json", tmp_path / "1" / "not-yet-a-manifest.json")
-    done = subprocess.run([sys.executable, "-m", "inference.server", "--models", str(tmp_path),
+    done = subprocess.run([*module_command("inference.server"), "--models", str(tmp_path),
                            "--http-port", str(free_port()), "--grpc-port", str(free_port())],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "holds no complete version" in done.stderr

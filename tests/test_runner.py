@@ -13,18 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import run_pipeline
-from pipeline import config
-from pipeline.errors import PipelineError
-from pipeline.runner import plan
-from pipeline.stages import STAGE_BY_ID
+from mnist_cnn_progression.pipeline import cli
+from mnist_cnn_progression.pipeline import config
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.runner import plan
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
+from conftest import module_command
 from tests.test_sources import SHARED_MNIST, make_mirror, needs_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run(capsys, *args):
-    code = run_pipeline.main(list(args))
+    code = cli.main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -65,7 +66,7 @@ def test_a_stages_wiring_is_not_part_of_its_recipe_fingerprint():
 
 def test_chaining_the_members_changes_the_ensembles_fingerprint_and_no_other(tmp_path):
     """chain_epochs changes how the ensemble's members start: a finished run retrains that stage and no other."""
-    from pipeline.runner import Runner
+    from mnist_cnn_progression.pipeline.runner import Runner
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "data.json").write_text(json.dumps({"train": 50_000, "digest": "0" * 64}))
 
@@ -148,7 +149,8 @@ def test_set_overrides_are_typed():
         config.resolve("fast", ["epochs.conv9=3"])
 
 
-FAIL_FAST = "import sys, run_pipeline; sys.modules['tensorflow'] = None; sys.exit(run_pipeline.main(sys.argv[1:]))"
+FAIL_FAST = ("import sys; from mnist_cnn_progression.pipeline import cli; sys.modules['tensorflow'] = None; "
+             "sys.exit(cli.main(sys.argv[1:]))")
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -184,7 +186,7 @@ def sample_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sample_run")
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        code = run_pipeline.main([*SMALL, "--run-dir", str(run_dir)])
+        code = cli.main([*SMALL, "--run-dir", str(run_dir)])
     assert code == 0, log.getvalue()
     return run_dir, log.getvalue()
 
@@ -231,7 +233,7 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
 @needs_mnist
 def test_new_data_marks_what_was_trained_on_the_old_out_of_date_and_never_mixes_them(capsys, sample_run, tmp_path):
     shutil.copytree(sample_run[0], tmp_path, dirs_exist_ok=True)
-    predict = [sys.executable, "-m", "inference.predict", "--models", str(tmp_path), str(tmp_path / "data")]
+    predict = [*module_command("inference.predict"), "--models", str(tmp_path), str(tmp_path / "data")]
     warned = subprocess.run(predict, capture_output=True, text=True, cwd=REPO).stderr
     assert "warning: These networks were trained on the 5,000-digit sample" in warned
 
@@ -258,8 +260,8 @@ def test_new_data_marks_what_was_trained_on_the_old_out_of_date_and_never_mixes_
 def test_the_fast_preset_gives_every_network_enough_updates_to_leave_chance(tmp_path, train_images, epochs,
                                                                             dropout_epochs, chained_epochs):
     """On the sample (31 batches an epoch) conv2 gets 65 epochs, 2,000 updates; on full MNIST its own 15."""
-    from pipeline.runner import Runner
-    from pipeline.stages import STAGE_BY_ID
+    from mnist_cnn_progression.pipeline.runner import Runner
+    from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "data.json").write_text(json.dumps({"train": train_images, "digest": "0" * 64}))
     runner = Runner(tmp_path, "fast", config.resolve("fast", []), "auto")
@@ -272,7 +274,7 @@ def test_the_fast_preset_gives_every_network_enough_updates_to_leave_chance(tmp_
 @pytest.mark.slow
 def test_the_command_log_is_quiet_and_follows_the_whole_run(tmp_path):
     """The real command: none of TensorFlow's start-up noise or retracing warnings; a line per stage of the run."""
-    from pipeline.native_log import NOISE
+    from mnist_cnn_progression.pipeline.native_log import NOISE
     result = subprocess.run([sys.executable, "run_pipeline.py", *SMALL, "--run-dir", str(tmp_path),
                              "--set", "min_steps.dropout=40", "--set", "min_steps.ensemble=40",
                              "--stages", "dropout,ensemble"], capture_output=True, text=True, cwd=REPO)

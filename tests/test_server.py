@@ -1,4 +1,5 @@
-"""The model server as a client sees it: `python -m inference.server` in its own process, called with tritonclient.
+"""The model server as a client sees it: `python -m mnist_cnn_progression.inference.server` in its own process,
+called with tritonclient.
 
 MLServer and tritonclient.grpc define the same protobuf messages, so they
 never share a process: the server is a subprocess on free ports of 127.0.0.1,
@@ -25,14 +26,14 @@ from google.protobuf import json_format
 from google.protobuf.unknown_fields import UnknownFieldSet
 from PIL import Image
 
-from inference.files import sha256, write_json
-from inference.ensemble import Ensemble
+from mnist_cnn_progression.inference.files import sha256, write_json
+from mnist_cnn_progression.inference.ensemble import Ensemble
 
 httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from conftest import TRAIN  # noqa: E402
+from conftest import TRAIN, module_command  # noqa: E402
 
 pytestmark = pytest.mark.slow  # every test here talks to a server process
 
@@ -118,7 +119,7 @@ def run_dir(tmp_path_factory, bundle):
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    process, ports = start([sys.executable, "-m", "inference.server", "--models", str(run_dir)])
+    process, ports = start([*module_command("inference.server"), "--models", str(run_dir)])
     yield {"ports": ports, "process": process}
     stop(process)
 
@@ -349,7 +350,7 @@ def test_damaged_or_missing_bundle_exits_2_with_one_sentence(tmp_path, bundle, r
     damage(stage / "stages/small/export/small.onnx")
     cases[stage] = "small.onnx does not match its SHA-256 in summary.json"
     for models, says in cases.items():
-        done = subprocess.run([sys.executable, "-m", "inference.server", "--models", str(models),
+        done = subprocess.run([*module_command("inference.server"), "--models", str(models),
                                "--http-port", str(free_port()), "--grpc-port", str(free_port())],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and says in done.stderr
@@ -359,7 +360,7 @@ def test_damaged_or_missing_bundle_exits_2_with_one_sentence(tmp_path, bundle, r
 def test_serving_imports_no_tensorflow_and_sigterm_stops_it(bundle):
     """A fresh process that imports the server module and serves: no TensorFlow, Keras or ONNX in sys.modules."""
     probe = ("import atexit, sys\n"
-             "from inference.server import main\n"
+             "from mnist_cnn_progression.inference.server import main\n"
              f"atexit.register(lambda: print('loaded:', sorted(m for m in sys.modules if m.split('.')[0] in {BANNED})"
              ", file=sys.stderr))\n"
              "sys.exit(main(sys.argv[1:]))\n")
@@ -398,7 +399,7 @@ def open_server(tmp_path_factory, run_dir):
     summary["data"] = {"source": str(run.parent / "datasets" / "mnist"), "split": "reference: official",
                        "sample": False, "train": 50000, "validation": 10000, "test": 10000}
     write_json(run / "summary.json", summary)
-    process, ports = start([sys.executable, "-m", "inference.server", "--models", str(run), "--repository-api"])
+    process, ports = start([*module_command("inference.server"), "--models", str(run), "--repository-api"])
     yield {"ports": ports, "process": process, "host_path": str(run.parent)}
     stop(process)
 
@@ -529,7 +530,7 @@ def test_grpc_fp32_arrives_as_numpy():
     probe = ("import numpy as np\n"
              "from mlserver.grpc import dataplane_pb2 as pb\n"
              "from mlserver.grpc.converters import ModelInferRequestConverter\n"
-             "from inference.serve.transport import use_numpy_over_grpc\n"
+             "from mnist_cnn_progression.inference.serve.transport import use_numpy_over_grpc\n"
              "use_numpy_over_grpc()\n"
              "x = np.arange(784, dtype=np.float32).reshape(1, 28, 28, 1) / 784\n"
              "message = pb.ModelInferRequest(model_name='ensemble', inputs=[pb.ModelInferRequest.InferInputTensor(\n"

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import TRAIN
-from inference.ensemble import BLANK_WARNING, MIN_INK, Ensemble, image_ink
-from inference.pictures import picture_from_bytes
+from mnist_cnn_progression.inference.ensemble import BLANK_WARNING, MIN_INK, Ensemble, image_ink
+from mnist_cnn_progression.inference.pictures import picture_from_bytes
 from test_server import PROTOCOLS, infer, metadata, png, run_dir, server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow  # every test here talks to a server process

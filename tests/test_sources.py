@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import sources
-from pipeline.errors import PipelineError
-from pipeline.idx import write_idx
+from mnist_cnn_progression.pipeline import sources
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.idx import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
@@ -122,7 +122,7 @@ def test_a_transfer_cut_short_once_is_retried(server, tmp_path):
 def test_the_mirror_check_keeps_its_timeout_when_name_resolution_hangs(monkeypatch):
     """A resolver that hangs for 8 s: the answer comes after the 0.5 s timeout, and exiting waits for nothing."""
     script = ("import socket, time, sys\n"
-              "from pipeline import sources\n"
+              "from mnist_cnn_progression.pipeline import sources\n"
               "socket.create_connection = lambda *a, **k: time.sleep(8)\n"
               "started = time.perf_counter()\n"
               "print(sources.answers('https://mirror.example/', timeout=0.5), time.perf_counter() - started < 2)\n")
@@ -228,7 +228,7 @@ def test_full_mnist_from_the_shared_mirror(spec, tmp_path):
 
 @needs_mnist
 def test_the_reference_split_is_the_official_order_cut_at_50000(tmp_path):
-    from pipeline.idx import read_idx
+    from mnist_cnn_progression.pipeline.idx import read_idx
     splits = sources.load(str(SHARED_MNIST), tmp_path / "cache")
     official = {name: read_idx(SHARED_MNIST / name, expected_ndim=3 if "images" in name else 1)
                 for name in sources.FILES}

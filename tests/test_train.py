@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.networks import build_network
-from pipeline import sources, strategy as strategies
-from pipeline.errors import PipelineError
-from pipeline.modelstage import StageJob, members_at_once, run_concurrently, train_chain, train_side_by_side
-from pipeline.stages import STAGE_BY_ID
-from pipeline.train import TrainSettings, shift_only_from, train
+from mnist_cnn_progression.models.networks import build_network
+from mnist_cnn_progression.pipeline import sources, strategy as strategies
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.modelstage import (StageJob, members_at_once, run_concurrently, train_chain,
+                                                       train_side_by_side)
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
+from mnist_cnn_progression.pipeline.train import TrainSettings, shift_only_from, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def test_best_epoch_weights_are_the_ones_returned(sample, tmp_path):
     best = max(h["val_accuracy"] for h in trained.history)
     assert trained.best_val_accuracy == best
     assert trained.best_epoch == max(h["epoch"] for h in trained.history if h["val_accuracy"] == best)
-    from pipeline.train import predict
+    from mnist_cnn_progression.pipeline.train import predict
     accuracy = (predict(trained.model, sample.validation_images).argmax(1) == sample.validation_labels).mean()
     assert accuracy == pytest.approx(best)
 
@@ -261,9 +262,9 @@ def test_two_workers_on_localhost_end_with_identical_weights(tmp_path):
 
 def test_the_time_left_counts_the_networks_queued_after_this_one(sample, tmp_path, monkeypatch):
     """A clock that ticks one second per reading: an epoch reads it twice after its start, so it takes 2 s."""
-    import pipeline.train
+    from mnist_cnn_progression.pipeline import train as training
     ticks = iter(range(10**6))
-    monkeypatch.setattr(pipeline.train.time, "perf_counter", lambda: float(next(ticks)))
+    monkeypatch.setattr(training.time, "perf_counter", lambda: float(next(ticks)))
     lines = []
     settings = TrainSettings(epochs=3, batch_size=50, optimizer="adam", learning_rate=0.002)
     train(STAGE_BY_ID["baseline"].network, sample, "train", settings, strategies.choose("default"), tmp_path,

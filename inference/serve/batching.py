@@ -23,7 +23,7 @@ from functools import partial
 
 import numpy as np
 
-from inference.ensemble import Ensemble, Prediction
+from mnist_cnn_progression.inference.ensemble import Ensemble, Prediction
 
 
 class Batcher:

@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.files import check_sha256
-from inference.ensemble import Ensemble, bundle_dir
+from mnist_cnn_progression.inference.files import check_sha256
+from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
 
 
 @dataclass(frozen=True)

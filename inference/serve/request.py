@@ -16,9 +16,9 @@ import numpy as np
 from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, RequestInput
 
-from inference.contract import IMAGE_SHAPE, INPUT_NAME
-from inference.ensemble import Prediction, check_images
-from inference.pictures import InputError, picture_from_bytes
+from mnist_cnn_progression.inference.contract import IMAGE_SHAPE, INPUT_NAME
+from mnist_cnn_progression.inference.ensemble import Prediction, check_images
+from mnist_cnn_progression.inference.pictures import InputError, picture_from_bytes
 
 PICTURES = "pictures"
 ERROR = "error"

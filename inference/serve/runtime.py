@@ -16,11 +16,12 @@ from mlserver.repository import ModelRepository
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
 
-from inference.contract import CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES, VOTES_OUTPUT
-from inference.ensemble import Prediction
-from inference.serve.batching import Batcher
-from inference.serve.catalogue import Served
-from inference.serve.request import ERROR, PICTURES, BadRequest, read_request, unanswered
+from mnist_cnn_progression.inference.contract import (CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES,
+                                                      VOTES_OUTPUT)
+from mnist_cnn_progression.inference.ensemble import Prediction
+from mnist_cnn_progression.inference.serve.batching import Batcher
+from mnist_cnn_progression.inference.serve.catalogue import Served
+from mnist_cnn_progression.inference.serve.request import ERROR, PICTURES, BadRequest, read_request, unanswered
 
 PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
 IMAGES = [-1, *IMAGE_SHAPE]

@@ -15,8 +15,9 @@ the binary tensor extension over REST, an access log, a closed repository API, r
   opens it; ready means every served model is loaded and has answered.
 MLServer 1.7.1 has no public hook for REST middleware, gRPC interceptors, its
 data plane's readiness or its repository handlers, so these reach into its
-objects (hence the exact pin in setup.cfg); tests/test_server.py checks each
-behaviour on a real process, so a change in MLServer that undoes one fails there.
+objects (hence the exact pin in inference/pyproject.toml); tests/test_server.py
+checks each behaviour on a real process, so a change in MLServer that undoes one
+fails there.
 """
 import logging
 import struct
@@ -39,8 +40,8 @@ from mlserver.grpc import server as grpc_server_module
 from mlserver.grpc import utils as grpc_utils
 from mlserver.types import TensorData
 
-from inference.serve.binary import BinaryTensors, replaying
-from inference.serve.request import BadRequest
+from mnist_cnn_progression.inference.serve.binary import BinaryTensors, replaying
+from mnist_cnn_progression.inference.serve.request import BadRequest
 
 access = logging.getLogger("mnist-serve.access")
 HEALTH = ("/v2/health/live", "/v2/health/ready")

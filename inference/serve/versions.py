@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 from mlserver.registry import MultiModelRegistry
 
-from inference.contract import IMAGE_SHAPE
-from inference.ensemble import bundle_dir
-from inference.serve.catalogue import Served, catalogue
-from inference.serve.runtime import model_settings
+from mnist_cnn_progression.inference.contract import IMAGE_SHAPE
+from mnist_cnn_progression.inference.ensemble import bundle_dir
+from mnist_cnn_progression.inference.serve.catalogue import Served, catalogue
+from mnist_cnn_progression.inference.serve.runtime import model_settings
 
 log = logging.getLogger("mnist-serve.versions")  # on stderr with the server's own lines (transport.log_on_stderr)
 

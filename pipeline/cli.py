@@ -1,0 +1,90 @@
+"""Run the MNIST CNN progression of SEED.md: download -> expand -> the model stages -> report.
+
+Naming a step or stage runs whatever it needs that is not done yet; a rerun
+skips what is done and unchanged, and resumes a stage that was interrupted.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
+
+from mnist_cnn_progression.inference.run_layout import RunLayout
+from mnist_cnn_progression.pipeline import config, native_log, sources
+from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.runner import DEFAULT_NODES, STEP_IDS, plan
+from mnist_cnn_progression.pipeline.stages import STAGES
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    stage_ids = ", ".join(s.id + (" (optional)" if s.optional else "") for s in STAGES)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"steps: {', '.join(STEP_IDS)}\nstages: {stage_ids}\n\npresets:\n" + "\n".join(
+            f"  {name}: {values}" for name, values in config.PRESETS.items()))
+    parser.add_argument("--stages", default="all",
+                        help="comma-separated steps and/or stage ids to run (default: all, i.e. every "
+                             "step and every non-optional stage)")
+    parser.add_argument("--data", default="auto",
+                        help="where MNIST comes from: auto, tfds, sample, a directory of IDX files, or a mirror "
+                             "URL (https:// or file://). auto = the run's prepared data, else $MNIST_MIRROR, "
+                             "else the public mirror if it answers, else the bundled sample (default: auto)")
+    parser.add_argument("--preset", default="fast", choices=list(config.PRESETS),
+                        help="training preset: seed (the reference hyperparameters), fast (modern training, "
+                             "same networks), quick (minutes, for smoke tests) (default: fast)")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="where artifacts, logs and summary.json go (default: runs/<preset>)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset value, typed like it; KEY.STAGE=VALUE for one stage "
+                             "(e.g. --set epochs=3 --set epochs.conv1=5); repeatable")
+    parser.add_argument("--force", action="store_true", help="redo the named steps and stages even if done")
+    args = parser.parse_args(argv)
+    args.run_dir = args.run_dir or Path("runs") / args.preset
+    return args
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Every mistake in the arguments, found before TensorFlow loads and before the run directory exists."""
+    requested = DEFAULT_NODES if args.stages == "all" else [s.strip() for s in args.stages.split(",") if s.strip()]
+    plan(requested)
+    sources.check_spec(args.data)
+    if args.run_dir.exists() and not args.run_dir.is_dir():
+        raise PipelineError(f"--run-dir {args.run_dir}: a file is in the way; name a directory.")
+    return requested, config.resolve(args.preset, args.overrides)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        requested, settings = check_arguments(args)
+        from mnist_cnn_progression.pipeline.runner import Runner
+        from mnist_cnn_progression.pipeline.strategy import cluster_size
+        strategy = None
+        if cluster_size() > 1:  # MultiWorkerMirroredStrategy must exist before any other TensorFlow work
+            from mnist_cnn_progression.pipeline import strategy as strategies
+            # Every worker gets the same --run-dir on shared storage: the chief writes the run; each other worker
+            # locks workers/<task>/, checkpoints beside the chief, restores the chief's checkpoint and follows its
+            # decisions (pipeline.runner, pipeline.train).
+            strategy = strategies.choose("multi_worker")
+        runner = Runner(args.run_dir, args.preset, settings, args.data, force=args.force,
+                        log=lambda text: print(text, flush=True), strategy=strategy)
+        runner.run(requested)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: a rerun with the same arguments resumes from the last finished epoch",
+              file=sys.stderr)
+        return 130
+    print(f"done in {time.perf_counter() - started:.0f}s; summary: {RunLayout(args.run_dir).summary}")
+    return 0
+
+
+def cli() -> int:
+    """The command: main() with TensorFlow's native start-up notices kept out of the log (pipeline.native_log)."""
+    native_log.drop_native_startup_notices()
+    return main()
+

@@ -1,0 +1,106 @@
+"""The two distributions as pip builds them: one package name, and a base install free of the training code.
+
+The wheels are built from a copy of the checkout (the checkout is left as it was), the way
+`pip install ./inference .` builds them; what is installed in this environment is checked too.
+"""
+import email
+import json
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # pip builds two wheels in isolated environments
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "mnist_cnn_progression"
+BASE, TRAINING = "mnist-cnn-progression-inference", "mnist-cnn-progression"
+TRAINING_FOLDERS = ("pipeline", "models", "export")
+BUILD_LEFTOVERS = shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+
+
+def source_modules(folder: str) -> set[str]:
+    """Every module and page file of a source folder, as the wheel should name it."""
+    files = [p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in {".py", ".html"}
+             and not {"build", "__pycache__"} & set(p.relative_to(ROOT).parts)]
+    return {f"{PACKAGE}/{p.relative_to(ROOT).as_posix()}" for p in files}
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory) -> dict:
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheels")
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "run_pipeline.py"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in (*TRAINING_FOLDERS, "inference"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=BUILD_LEFTOVERS)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
+                    str(source / "inference"), str(source)], check=True, capture_output=True)
+    built = {}
+    for wheel in out.glob("*.whl"):
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+            info = next(n for n in names if n.endswith(".dist-info/METADATA"))
+            metadata = email.message_from_bytes(archive.read(info))
+            scripts = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
+        built[metadata["Name"]] = {"files": {n for n in names if ".dist-info/" not in n},
+                                   "requires": metadata.get_all("Requires-Dist") or [], "scripts": scripts}
+    assert set(built) == {BASE, TRAINING}
+    return built
+
+
+def test_the_base_install_is_the_inference_folder_alone_and_needs_no_tensorflow(wheels):
+    base = wheels[BASE]
+    assert base["files"] == source_modules("inference")
+    plain = [r for r in base["requires"] if "extra ==" not in r]
+    assert not [r for r in plain if r.split(">")[0].split("=")[0].split("<")[0].strip() in
+                {"tensorflow", "keras", "tensorflow-datasets", "onnx", "tf2onnx"}], plain
+    assert all(f"{command} = {PACKAGE}.inference." in base["scripts"]
+               for command in ("mnist-predict", "mnist-serve", "mnist-batch"))
+
+
+def test_the_training_distribution_adds_its_folders_under_the_same_name_and_builds_on_the_base(wheels):
+    training = wheels[TRAINING]
+    assert training["files"] == set().union(*map(source_modules, TRAINING_FOLDERS))
+    assert f"{BASE}==0.1.0" in training["requires"]
+    assert f"run-pipeline = {PACKAGE}.pipeline.cli:cli" in training["scripts"]
+
+
+def test_neither_wheel_claims_the_shared_name_or_a_top_level_module(wheels):
+    """mnist_cnn_progression is a namespace: an __init__.py in either wheel would be overwritten by the other."""
+    for built in wheels.values():
+        assert {name.split("/")[0] for name in built["files"]} == {PACKAGE}
+        assert f"{PACKAGE}/__init__.py" not in built["files"]
+
+
+@pytest.mark.parametrize("distribution", [BASE, TRAINING])
+def test_what_is_installed_here_puts_nothing_at_the_top_level_but_the_package(distribution, tmp_path):
+    """Installed plainly (CI) or editable (a checkout): no pipeline, models, export or inference at the top level.
+
+    Asked from another directory: the build's egg-info in the checkout would otherwise answer for the install.
+    """
+    program = ("import importlib.metadata, importlib.util, json, sys; "
+               "files = importlib.metadata.distribution(sys.argv[1]).files; "
+               "specs = [importlib.util.find_spec(n) for n in ('pipeline', 'models', 'export', 'inference', 'cli')]; "
+               "print(json.dumps({'tops': sorted({f.parts[0] for f in files}), "
+               "'origins': [s.origin or '' for s in specs if s], "
+               "'package': importlib.util.find_spec(sys.argv[2]).origin}))")
+    done = subprocess.run([sys.executable, "-I", "-c", program, distribution, PACKAGE + ".inference.contract"],
+                          cwd=tmp_path, check=True, capture_output=True, text=True)
+    found = json.loads(done.stdout)
+    tops = {top for top in found["tops"] if top not in ("..", "__pycache__")
+            and not top.endswith(".dist-info") and not top.startswith("__editable__")}
+    assert tops <= {PACKAGE}, tops  # empty when editable: the package is then found through the finder
+    assert [origin for origin in found["origins"] if str(ROOT) in origin or PACKAGE in origin] == []
+    assert found["package"].endswith("contract.py")
+
+
+def test_the_server_image_installs_the_base_alone():
+    """deploy/Dockerfile builds from the base's folder, and its build context holds none of the training code."""
+    pip_targets = re.findall(r'pip install [^\n]*"/tmp/src/([\w/]*)\[serve\]"', (ROOT / "deploy/Dockerfile").read_text())
+    assert pip_targets == ["inference"]
+    context = (ROOT / "deploy/Dockerfile.dockerignore").read_text().split()
+    assert [line for line in context if line.startswith("!") and line[1:].split("/")[0] in TRAINING_FOLDERS] == []
