@@ -3,6 +3,7 @@
 The wheels are built from a copy of the checkout (the checkout is left as it was), the way
 `pip install ./inference .` builds them; what is installed in this environment is checked too.
 """
+import ast
 import email
 import json
 import re
@@ -14,13 +15,12 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # pip builds two wheels in isolated environments
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "mnist_cnn_progression"
 BASE, TRAINING = "mnist-cnn-progression-inference", "mnist-cnn-progression"
 TRAINING_FOLDERS = ("pipeline", "models", "export")
 BUILD_LEFTOVERS = shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+FOLDER_NAMES = {*TRAINING_FOLDERS, "inference", "run_pipeline"}  # what the code is not installed as
 
 
 def source_modules(folder: str) -> set[str]:
@@ -52,6 +52,7 @@ def wheels(tmp_path_factory) -> dict:
     return built
 
 
+@pytest.mark.slow  # pip builds the two wheels in isolated environments
 def test_the_base_install_is_the_inference_folder_alone_and_needs_no_tensorflow(wheels):
     base = wheels[BASE]
     assert base["files"] == source_modules("inference")
@@ -62,6 +63,7 @@ def test_the_base_install_is_the_inference_folder_alone_and_needs_no_tensorflow(
                for command in ("mnist-predict", "mnist-serve", "mnist-batch"))
 
 
+@pytest.mark.slow  # pip builds the two wheels in isolated environments
 def test_the_training_distribution_adds_its_folders_under_the_same_name_and_builds_on_the_base(wheels):
     training = wheels[TRAINING]
     assert training["files"] == set().union(*map(source_modules, TRAINING_FOLDERS))
@@ -69,6 +71,7 @@ def test_the_training_distribution_adds_its_folders_under_the_same_name_and_buil
     assert f"run-pipeline = {PACKAGE}.pipeline.cli:cli" in training["scripts"]
 
 
+@pytest.mark.slow  # pip builds the two wheels in isolated environments
 def test_neither_wheel_claims_the_shared_name_or_a_top_level_module(wheels):
     """mnist_cnn_progression is a namespace: an __init__.py in either wheel would be overwritten by the other."""
     for built in wheels.values():
@@ -104,3 +107,16 @@ def test_the_server_image_installs_the_base_alone():
     assert pip_targets == ["inference"]
     context = (ROOT / "deploy/Dockerfile.dockerignore").read_text().split()
     assert [line for line in context if line.startswith("!") and line[1:].split("/")[0] in TRAINING_FOLDERS] == []
+
+
+def test_the_code_imports_the_project_by_its_installed_name():
+    """The checkout on sys.path lets `import inference` work in a test run and nowhere else: nothing may rely on it."""
+    stray = []
+    folders = (*TRAINING_FOLDERS, "inference", "tests", "benchmarks", "deploy")
+    for path in [ROOT / "run_pipeline.py", *[p for folder in folders for p in (ROOT / folder).rglob("*.py")
+                                            if "build" not in p.parts]]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else
+                     [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            stray += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] in FOLDER_NAMES]
+    assert stray == []
