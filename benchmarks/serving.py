@@ -49,8 +49,8 @@ MLSERVER_BATCHING = f"""
 import asyncio, sys
 from concurrent.futures import ThreadPoolExecutor
 from mnist_cnn_progression.inference import server
-from mnist_cnn_progression.inference.serve import runtime
-settings = runtime.model_settings
+from mnist_cnn_progression.inference.serve import runtime, versions
+settings = versions.model_settings  # the name each version's settings are made through
 def adaptive(*args, **kwargs):
     model = settings(*args, **kwargs)
     model.max_batch_size, model.max_batch_time = {ADAPTIVE["max_batch_size"]}, {ADAPTIVE["max_batch_time"]}
@@ -61,7 +61,7 @@ class Direct:
     async def predict(self, images):
         return await asyncio.get_running_loop().run_in_executor(
             self.thread, lambda: self.ensemble.predict(images, mode=self.mode))
-runtime.model_settings, runtime.Batcher = adaptive, Direct
+versions.model_settings, runtime.Batcher = adaptive, Direct
 sys.exit(server.main(sys.argv[1:]))
 """
 

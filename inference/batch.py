@@ -25,7 +25,6 @@ import glob
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -35,9 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mnist_cnn_progression.inference.files import replace_dir, write_json
+from mnist_cnn_progression.inference.files import staged_directory, write_json
 from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
-from mnist_cnn_progression.inference.pictures import InputError, read_inputs
+from mnist_cnn_progression.inference.pictures import InputError, files_under, read_inputs
 from mnist_cnn_progression.inference.predict import records
 
 FILES_PER_BATCH = 64   # a worker's unit of work: small enough to spread 2,000 files over many workers
@@ -74,10 +73,8 @@ def decoded_file(file: str) -> list:
 
 def input_files(source: str) -> list[str]:
     """The files of a directory (recursively, skipping hidden names, as mnist-predict does) or of a glob, sorted."""
-    path = Path(source)
-    if path.is_dir():
-        return sorted(str(file) for file in path.rglob("*")
-                      if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts))
+    if Path(source).is_dir():
+        return [str(file) for file in files_under(Path(source))]
     matches = sorted(glob.glob(source, recursive=True))
     return [file for match in matches for file in (input_files(match) if Path(match).is_dir() else [match])]
 
@@ -110,27 +107,24 @@ def classify_files(files: list[str], models: Path, output: Path, *, address: str
     ray = connect(address)
     started = time.perf_counter()
     workers = workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    partial = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted run left
-    partial.mkdir(parents=True)
     dataset = ray.data.from_items([{"file": file} for file in files]).map_batches(
         Classifier, fn_constructor_kwargs={"models": str(models)}, batch_size=FILES_PER_BATCH,
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
     by_worker = Counter()
-    with pq.ParquetWriter(partial / "predictions.parquet", PREDICTIONS) as predictions, \
-            pq.ParquetWriter(partial / "errors.parquet", ERRORS) as errors:
-        for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            by_worker.update(table.column("worker").to_pylist())
-            failed = table.column("error").is_valid()
-            predictions.write_table(table.filter(pc.invert(failed)).select(PREDICTIONS.names))
-            errors.write_table(table.filter(failed).select(ERRORS.names))
-    counts = {name: pq.read_metadata(partial / f"{name}.parquet").num_rows for name in ("predictions", "errors")}
-    manifest = {"files": len(files), "images": sum(counts.values()), **counts, "models": str(models),
-                "engine": f"ray {ray.__version__}", "address": address or os.environ.get("RAY_ADDRESS") or "local",
-                "workers": [{"worker": worker, "images": images} for worker, images in sorted(by_worker.items())],
-                "seconds": round(time.perf_counter() - started, 3)}
-    write_json(partial / "manifest.json", manifest)
-    replace_dir(partial, output)
+    with staged_directory(output) as partial:  # moved into place whole, or removed
+        with pq.ParquetWriter(partial / "predictions.parquet", PREDICTIONS) as predictions, \
+                pq.ParquetWriter(partial / "errors.parquet", ERRORS) as errors:
+            for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                by_worker.update(table.column("worker").to_pylist())
+                failed = table.column("error").is_valid()
+                predictions.write_table(table.filter(pc.invert(failed)).select(PREDICTIONS.names))
+                errors.write_table(table.filter(failed).select(ERRORS.names))
+        counts = {name: pq.read_metadata(partial / f"{name}.parquet").num_rows for name in ("predictions", "errors")}
+        manifest = {"files": len(files), "images": sum(counts.values()), **counts, "models": str(models),
+                    "engine": f"ray {ray.__version__}", "address": address or os.environ.get("RAY_ADDRESS") or "local",
+                    "workers": [{"worker": worker, "images": images} for worker, images in sorted(by_worker.items())],
+                    "seconds": round(time.perf_counter() - started, 3)}
+        write_json(partial / "manifest.json", manifest)
     return manifest
 
 
@@ -148,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="workers, one CPU and one ensemble each (default: one per CPU of the cluster)")
     args = parser.parse_args(argv)
     if importlib.util.find_spec("ray") is None:
-        print("error: mnist-batch needs Ray Data: pip install 'mnist-cnn-progression-inference[batch]'.",
-              file=sys.stderr)
+        print("error: mnist-batch needs Ray Data: install the batch extra (from a checkout, "
+              "pip install -c constraints.txt './inference[batch]').", file=sys.stderr)
         return 2
     try:
         models = bundle_dir(args.models)

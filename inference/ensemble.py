@@ -38,7 +38,8 @@ MODES = ("vote", "mean")
 MIN_AGREEMENT = 0.8
 MIN_CONFIDENCE = 0.6
 # An image with less ink than this (the sum of its pixels, in [0, 1]) is blank or nearly so: the faintest of
-# MNIST's 70,000 digits (train and test) holds 19.9, the median one 100; the networks' answer on it means nothing.
+# MNIST's 70,000 digits (train and test) holds 19.9, the median one 100 (python -m benchmarks.ink MNIST_DIR);
+# the networks' answer on it means nothing.
 MIN_INK = 10.0
 BLANK_WARNING = "The image is blank or nearly so: it holds less ink than any MNIST digit, so this answer means nothing."
 

@@ -53,12 +53,14 @@ def read_inputs(path: Path) -> Iterator[tuple[str, np.ndarray | InputError]]:
     A file holding several images labels them path[i].
     """
     path = Path(path)
-    if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            if not any(part.startswith(".") for part in file.relative_to(path).parts):
-                yield from read_file(file)
-    else:
-        yield from read_file(path)
+    for file in files_under(path) if path.is_dir() else [path]:
+        yield from read_file(file)
+
+
+def files_under(directory: Path) -> list[Path]:
+    """A directory's files, recursively and sorted, hidden names skipped: what mnist-predict and mnist-batch read."""
+    return sorted(file for file in directory.rglob("*")
+                  if file.is_file() and not any(part.startswith(".") for part in file.relative_to(directory).parts))
 
 
 def read_file(path: Path) -> Iterator[tuple[str, np.ndarray | InputError]]:

@@ -1,8 +1,7 @@
 """Network specs as plain data: what each stage's network is, readable without loading Keras."""
 from dataclasses import dataclass
 
-# the specs' input and output, re-exported
-from mnist_cnn_progression.inference.contract import IMAGE_SHAPE, NUM_CLASSES  # noqa: F401
+from mnist_cnn_progression.inference.contract import IMAGE_SHAPE, NUM_CLASSES  # the specs' input and output
 
 
 @dataclass(frozen=True)

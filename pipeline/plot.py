@@ -12,6 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from mnist_cnn_progression.inference.files import write_bytes
+from mnist_cnn_progression.inference.run_layout import RunLayout
 from mnist_cnn_progression.pipeline.report import load_summary, stage_order
 
 RUN_COLOUR, REFERENCE_COLOUR = "tab:blue", "0.45"
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", type=Path, help="a run directory with summary.json")
     parser.add_argument("--out", type=Path, default=Path("progression.png"), help="the PNG to write")
     args = parser.parse_args(argv)
-    if not (args.run_dir / "summary.json").is_file():
+    if not RunLayout(args.run_dir).summary.is_file():
         print(f"error: {args.run_dir} has no summary.json; is it a run directory?", file=sys.stderr)
         return 2
     try:

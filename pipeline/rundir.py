@@ -1,6 +1,6 @@
 """What keeps a run directory sound: its lock, the removal of what killed runs left, and its fingerprints.
 
-Its files are written through inference.files (staged directories, atomic JSON), re-exported here for the pipeline.
+Its files are written through inference.files (staged directories, atomic JSON), imported from there.
 """
 import contextlib
 import fcntl

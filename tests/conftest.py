@@ -4,6 +4,7 @@ Built once per session; the nets are small fully connected ones trained for a
 few seconds, good enough (~90%) that a real digit is recognised.
 """
 import gzip
+import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +19,13 @@ TRAIN = 4000  # the first 4,000 shuffled digits train and calibrate; the last 1,
 def module_command(module: str) -> list[str]:
     """`python -m mnist_cnn_progression.MODULE` in this interpreter: the installed package, whatever PATH holds."""
     return [sys.executable, "-m", f"mnist_cnn_progression.{module}"]
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

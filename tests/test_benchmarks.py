@@ -1,12 +1,14 @@
 """The training benchmark: its fused ensemble computes what its five members compute; it follows the presets.
-The vote ceiling: pooled networks vote as counted by hand."""
+The vote ceiling: pooled networks vote as counted by hand. The ink figures: digits of known ink."""
 import json
 
 import numpy as np
 import pytest
 
+from benchmarks import ink
 from benchmarks.train_throughput import fused_members
 from mnist_cnn_progression.models.networks import build_network
+from mnist_cnn_progression.pipeline.idx import write_idx
 from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 
 
@@ -62,3 +64,17 @@ def test_the_vote_ceiling_pools_the_networks_of_several_runs(tmp_path):
     assert spread["choices"] == 10 and (spread["min"], spread["max"]) == (2 / 3, 1.0)
     assert spread["mean"] == pytest.approx((3 * 1.0 + 7 * 2 / 3) / 10)
     assert json.loads((tmp_path / "ceiling.json").read_text()) == result
+
+
+def test_the_ink_figures_cover_both_files_and_count_the_images_under_the_threshold(tmp_path):
+    """Digits of known ink (k full pixels hold k): the least, the median and the count under MIN_INK."""
+    def digits(*inks):
+        images = np.zeros((len(inks), 28 * 28), np.uint8)
+        for image, k in zip(images, inks):
+            image[:k] = 255
+        return images.reshape(-1, 28, 28)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", digits(50, 20, 5))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", digits(30, 70), compress=False)
+    result = ink.main([str(tmp_path), "--out", str(tmp_path / "ink.json")])
+    assert (result["digits"], result["min"], result["median"], result["below_min_ink"]) == (5, 5.0, 30.0, 1)
+    assert json.loads((tmp_path / "ink.json").read_text()) == result

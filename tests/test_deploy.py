@@ -13,10 +13,8 @@ import functools
 import hashlib
 import importlib.metadata
 import http.server
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -28,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import free_port
 
 pytestmark = pytest.mark.slow  # the manifest's commands start an init step and a server
 
@@ -115,15 +115,9 @@ def command_here(spec: dict, config: dict, volumes: Path, ports: dict) -> list[s
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
-    """A command here, importing this work tree's inference package (as the image its installed one)."""
-    return subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=120)
+    """A command here, with the installed package, as the image runs it with its own."""
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get(port: int, path: str) -> tuple[int, str, str]:

@@ -39,7 +39,7 @@ def test_vote_graph_breaks_ties_like_the_shared_rule():
 
 
 # Five members' classes for four images, and what the vote must give, worked out by hand: most votes win, and
-# among tied classes the highest mean probability (one extra point of probability decides rows 0 and 2).
+# among tied classes the highest mean probability (the probability FIXED_EXTRA adds decides rows 0 and 2).
 FIXED_MEMBER_CLASSES = [(3, 3, 7, 7, 1), (2, 2, 5, 5, 5), (0, 1, 2, 3, 4), (9, 9, 9, 9, 0)]
 FIXED_EXTRA = {(0, 0, 7): 0.01, (4, 2, 4): 0.1}  # (member, image, class): added probability
 FIXED_CLASSES = [7, 5, 4, 9]
@@ -62,6 +62,7 @@ def test_the_vote_and_the_vote_graph_give_the_classes_and_votes_worked_out_by_ha
     probabilities = fixed_probabilities()
     classes, votes, mean = vote(probabilities)
     assert classes.tolist() == FIXED_CLASSES and votes.tolist() == FIXED_VOTES
+    np.testing.assert_allclose(mean[0, [3, 7]], [0.28, 0.282], atol=1e-6)  # (2 x 0.64 + 3 x 0.04) / 5, and + 0.01 / 5
     session = ort.InferenceSession(vote_model(5).SerializeToString())
     graph_classes, graph_votes, graph_mean = session.run(None, {member_output(k): probabilities[k] for k in range(5)})
     assert graph_classes.tolist() == FIXED_CLASSES and graph_votes.tolist() == FIXED_VOTES

@@ -40,7 +40,13 @@ def test_truncated_gzip_is_named(tmp_path, images):
         read_idx(tmp_path / "t.gz")
 
 
-def test_wrong_magic(tmp_path):
+def test_a_wrong_magic_number_is_refused(tmp_path):
+    (tmp_path / "bad").write_bytes(gzip.compress(b"\x12\x34\x08\x03" + bytes(100)))
+    with pytest.raises(PipelineError, match="wrong magic number 12340803"):
+        read_idx(tmp_path / "bad")
+
+
+def test_float_values_are_refused_as_not_mnist_bytes(tmp_path):
     (tmp_path / "bad").write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + bytes(100)))
     with pytest.raises(PipelineError, match="bad holds float32 values, not the unsigned bytes"):
         read_idx(tmp_path / "bad")

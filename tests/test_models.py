@@ -1,6 +1,5 @@
 """The reference semantics of SEED.md "Layers", pinned number by number."""
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,7 +131,7 @@ def test_every_replica_draws_its_own_dropout_masks(tmp_path):
     """
     # Logical devices must be configured before TensorFlow initialises: a process of its own.
     subprocess.run([sys.executable, "-c", REPLICA_MASKS, str(tmp_path / "masks.npz")], cwd=ROOT, check=True,
-                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                   capture_output=True)
     drawn = np.load(tmp_path / "masks.npz")
     for layer in range(3):
         for step in range(2):

@@ -52,7 +52,7 @@ def start(run_dir: Path | list, ports: list[int], logs: Path, stages=STAGES) -> 
                    "--run-dir", str(directory), "--stages", ",".join(stages)]
         for setting in SETTINGS:
             command += ["--set", setting]
-        env = {**os.environ, "PYTHONPATH": str(ROOT),
+        env = {**os.environ,
                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         with open(logs.with_name(f"{logs.name}-worker-{index}.log"), "w") as log:
             workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TRAIN, module_command
+from conftest import TRAIN, free_port, module_command
 
 pytestmark = pytest.mark.slow  # every test here drives Chromium against a server process
 
@@ -68,11 +67,6 @@ def browser_missing(reason: str):
 if browser_problem() and os.environ.get("CI") != "true":  # skip before the bundle is trained and the server started
     pytest.skip(browser_problem(), allow_module_level=True)
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 import gzip
 import io
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -145,7 +144,7 @@ def test_command_and_module_work_where_tensorflow_and_onnx_cannot_be_imported(bu
         "runpy.run_module('mnist_cnn_progression.inference.predict', run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", script, str(bundle), str(tmp_path / "digit.npy"),
                              str(tmp_path / "digit.png"), str(tmp_path / "digit.npy")],
-                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     first, *lines = result.stdout.splitlines()
     assert int(first) == label

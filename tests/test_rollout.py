@@ -229,7 +229,7 @@ def test_mlserver_registry_never_shows_a_request_a_version_that_is_not_ready(tmp
     shutil.copytree(bundle, tmp_path / "1")
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(root / "tests" / "rollout_registry_probe.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == {"states": [["1", True, True], ["2", True, True]],
                                        "in_flight_answered_first": True}

@@ -11,7 +11,6 @@ import io
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from conftest import TRAIN, module_command  # noqa: E402
+from conftest import TRAIN, free_port, module_command  # noqa: E402
 
 pytestmark = pytest.mark.slow  # every test here talks to a server process
 
@@ -41,11 +40,6 @@ MAX_BATCH, MAX_BODY_MB = 1000, 8
 PROTOCOLS = ("http", "grpc")
 BANNED = ("tensorflow", "keras", "onnx", "tf2onnx")
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(command: list[str]) -> tuple[subprocess.Popen, dict]:

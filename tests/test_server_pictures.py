@@ -96,7 +96,7 @@ def test_blank_or_nearly_blank_images_are_answered_with_a_warning(server, protoc
 
 
 def test_no_real_digit_is_near_empty_and_the_ensemble_warns_in_process(bundle, mnist_digits):
-    """MIN_INK lies below the ink of every real digit of the sample (as of full MNIST's 70,000, measured: 19.9)."""
+    """MIN_INK lies below the ink of every real digit of the sample (full MNIST's 70,000: 19.9, benchmarks.ink)."""
     digits = mnist_digits[0]
     assert image_ink(digits).min() > 1.5 * MIN_INK
     images = np.stack([np.zeros((28, 28, 1), np.float32), faint(digits[0], MIN_INK * 0.9), digits[0]])

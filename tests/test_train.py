@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from mnist_cnn_progression.pipeline.modelstage import (StageJob, members_at_once
                                                        train_side_by_side)
 from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 from mnist_cnn_progression.pipeline.train import TrainSettings, shift_only_from, train
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,11 +226,6 @@ def test_a_chain_stopped_in_a_later_member_resumes_to_the_members_of_an_uninterr
             np.testing.assert_array_equal(a, b)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_workers_on_localhost_end_with_identical_weights(tmp_path):
@@ -238,8 +233,7 @@ def test_two_workers_on_localhost_end_with_identical_weights(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workers = []
     for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-               "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         (tmp_path / str(index)).mkdir()
         workers.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "multiworker_worker.py"),
                                          str(tmp_path / str(index) / "weights.npz"), str(tmp_path / "checkpoints")],

@@ -94,11 +94,6 @@ class Rollout:
         self.refused: dict[int, tuple] = {}  # version -> its files' fingerprint when it was refused
         self.models: list[Served] = []
 
-    @property
-    def served(self) -> Path:
-        """The run directory or bundle the models answering now come from."""
-        return self.path / str(self.version) if self.version is not None else self.path
-
     def first(self) -> None:
         """Before any port opens: load the highest complete version that passes its check (raises with a sentence)."""
         if not numbered(self.path):
@@ -119,7 +114,7 @@ class Rollout:
         """Complete versions not refused as they are now, highest first."""
         versions = numbered(self.path)
         return [version for version in sorted(versions, reverse=True) if complete(versions[version])
-                and self.refused.get(version) != fingerprint(versions[version])]
+                and (version not in self.refused or self.refused[version] != fingerprint(versions[version]))]
 
     def refuse(self, version: int, error: Exception) -> None:
         self.refused[version] = fingerprint(self.path / str(version))
