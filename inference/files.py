@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 UNFINISHED = ".unfinished-"
 
 
@@ -19,6 +21,15 @@ def sha256(path: Path) -> str:
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_arrays(*arrays: np.ndarray) -> str:
+    """SHA-256 of arrays' types, shapes and contents: the run's data digests and a test set's (inference.releases)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
 
 

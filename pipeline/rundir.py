@@ -10,8 +10,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from mnist_cnn_progression.inference.files import UNFINISHED
 from mnist_cnn_progression.pipeline.errors import PipelineError
 
@@ -24,14 +22,6 @@ def clean_unfinished(directory: Path) -> None:
         leftovers = [*directory.rglob(f"{UNFINISHED}*"), *directory.glob(f"{LEFT_BY_OLDER_REPORTS}*")]
         for leftover in leftovers:
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-
-
-def digest_arrays(*arrays: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(str((array.dtype.str, array.shape)).encode())
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
 
 
 def fingerprint(value) -> str:

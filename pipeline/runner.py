@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cnn_progression.inference.files import staged_directory, write_json
+from mnist_cnn_progression.inference.files import digest_arrays, staged_directory, write_json
+from mnist_cnn_progression.inference.releases import test_digest
 from mnist_cnn_progression.inference.run_layout import MODEL, RunLayout
 from mnist_cnn_progression.pipeline import config, expand, sources
-from mnist_cnn_progression.pipeline.rundir import clean_unfinished, digest_arrays, fingerprint, run_lock
+from mnist_cnn_progression.pipeline.rundir import clean_unfinished, fingerprint, run_lock
 from mnist_cnn_progression.pipeline.errors import PipelineError
 from mnist_cnn_progression.pipeline.progress import minutes
 from mnist_cnn_progression.pipeline.stages import NODE_BY_ID, NODES, STAGE_BY_ID, STEPS, Stage
@@ -230,6 +231,7 @@ class Runner:
                 np.save(tmp / f"{name}.npy", splits.arrays[name])
             info = {"source": splits.source, "split": splits.split, "sample": splits.sample,
                     "warning": splits.warning, "digest": digest,
+                    "test_digest": test_digest(splits.arrays["test_images"], splits.arrays["test_labels"]),
                     **{part: len(splits.arrays[f"{part}_labels"]) for part in ("train", "validation", "test")}}
             write_json(tmp / self.layout.data_info.name, info)
         if splits.warning:
@@ -255,7 +257,7 @@ class Runner:
     def data_provenance(self) -> dict:
         """What a bundle records of its training data, so that whoever deploys it can tell (inference.ensemble)."""
         info = self._data_info()
-        return {key: info.get(key) for key in ("source", "split", "sample", "digest", "warning")}
+        return {key: info.get(key) for key in ("source", "split", "sample", "digest", "test_digest", "warning")}
 
     def _data_info(self) -> dict:
         path = self.layout.data_info

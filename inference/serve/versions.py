@@ -1,19 +1,22 @@
-"""Model versions: a base directory of numbered versions, as TF Serving lays them out; the highest complete one answers.
+"""Model versions: a base directory of numbered versions, as TF Serving lays them out, served by one rule.
 
-    BASE/1/  a run directory or an ensemble bundle
-    BASE/2/  the next run's, copied in while version 1 answers
+    BASE/1/  a release pushed by mnist-push, a run directory or an ensemble bundle
+    BASE/2/  the next one, pushed while version 1 answers
 
-A version is complete once its bundle's manifest.json is there: the pipeline
-writes it last, and a copy must too (copy the manifest last, or copy the
-version under another name such as BASE/.3 and rename it to 3). The server
-looks at BASE every --poll-seconds and on SIGHUP. A higher complete version is
+The version served is the highest complete one not withdrawn
+(inference.releases.serving_order, which mnist-push shares): a push writes
+the manifest last and renames the version into place, and a copy by hand must
+too (copy the manifest last, or copy the version under another name such as
+BASE/.3 and rename it to 3). The server
+looks at BASE every --poll-seconds and on SIGHUP. Another version to serve is
 loaded and checked as at start (its files' SHA-256, a warm-up inference of
 each model) in a thread, while the old version answers; only then does it
 answer requests that name no version, and the old one is retired once the
 requests it already holds are answered (TF Serving's availability-preserving
 policy). A version that fails its check is refused with one log line and not
-tried again until its files change; the served one goes on. Removing the
-served version's directory falls back, by the same rule, to the highest left.
+tried again until its files change; the served one goes on. Withdrawing the
+served version (mnist-push --rollback) or removing its directory falls back,
+by the same rule, to the next one.
 A version's number names its files once: files changed in place under the
 served number are not loaded again (copy them in as the next number).
 
@@ -34,27 +37,11 @@ import numpy as np
 from mlserver.registry import MultiModelRegistry
 
 from mnist_cnn_progression.inference.contract import IMAGE_SHAPE
-from mnist_cnn_progression.inference.ensemble import bundle_dir
+from mnist_cnn_progression.inference.releases import numbered, serving_order
 from mnist_cnn_progression.inference.serve.catalogue import Served, catalogue
 from mnist_cnn_progression.inference.serve.runtime import model_settings
 
 log = logging.getLogger("mnist-serve.versions")  # on stderr with the server's own lines (transport.log_on_stderr)
-
-
-def numbered(base: Path) -> dict[int, Path]:
-    """BASE's version directories by number; none when BASE is itself a bundle or a run directory."""
-    if complete(base) or not base.is_dir():
-        return {}
-    return {int(path.name): path for path in base.iterdir()
-            if path.name.isascii() and path.name.isdigit() and path.is_dir()}
-
-
-def complete(path: Path) -> bool:
-    try:
-        bundle_dir(path)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def fingerprint(path: Path) -> tuple:
@@ -107,14 +94,13 @@ class Rollout:
                 continue
             self.version = version
             return
-        raise ValueError(f"{self.path} holds no complete version that passes its check (a version directory "
-                         "is complete once its bundle's manifest.json is in it).")
+        raise ValueError(f"{self.path} holds no complete version, not withdrawn, that passes its check (a "
+                         "version directory is complete once its bundle's manifest.json is in it).")
 
     def wanted(self) -> list[int]:
-        """Complete versions not refused as they are now, highest first."""
-        versions = numbered(self.path)
-        return [version for version in sorted(versions, reverse=True) if complete(versions[version])
-                and (version not in self.refused or self.refused[version] != fingerprint(versions[version]))]
+        """The versions BASE may serve (inference.releases.serving_order), less those refused as they are now."""
+        return [version for version in serving_order(self.path) if self.refused.get(version)
+                != fingerprint(self.path / str(version))]
 
     def refuse(self, version: int, error: Exception) -> None:
         self.refused[version] = fingerprint(self.path / str(version))
@@ -153,7 +139,7 @@ class Rollout:
         return self.watch(registry, poll_seconds, served)
 
     async def watch(self, registry: MultiModelRegistry, poll_seconds: float, served: list) -> None:
-        """Until cancelled: every poll_seconds (never when 0) and on SIGHUP, serve the highest complete version."""
+        """Until cancelled: every poll_seconds (never when 0) and on SIGHUP, serve the version the rule picks."""
         if self.version is None:
             return
         wake = asyncio.Event()
