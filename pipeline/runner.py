@@ -42,6 +42,8 @@ STEP_IDS = [step.id for step in STEPS]
 DEFAULT_NODES = [node.id for node in NODES if not (isinstance(node, Stage) and node.optional)]
 SPLIT_NAMES = [f"{part}_{kind}" for part in ("train", "validation", "test") for kind in ("images", "labels")]
 SHARD_SIZE = 50_000
+SOURCE_COMMIT = Path(__file__).with_name("source_commit.txt")  # in a plain install (setup.py)
+NOT_FROM_GIT = "not from a git checkout"
 # Member k of a voting stage trains with seed + k x this: runs with base seeds 0, 1, 2 share no network.
 MEMBER_SEED_STRIDE = 1000
 # What training an image costs whatever the network (input pipeline, optimizer, small kernels), in
@@ -73,13 +75,21 @@ def environment() -> dict:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except OSError:
-        commit = None
-    return {"python": platform.python_version(), **versions, "git_commit": commit,
+    return {"python": platform.python_version(), **versions, "git_commit": source_commit(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+
+
+def source_commit() -> str:
+    """The commit of the code that runs: written into a plain install when it was built (setup.py), else asked of
+    the checkout the code runs from (an editable install), else NOT_FROM_GIT."""
+    if SOURCE_COMMIT.is_file():
+        return SOURCE_COMMIT.read_text().strip()
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_COMMIT.parent, capture_output=True,
+                              text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return NOT_FROM_GIT
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else NOT_FROM_GIT
 
 
 def best_epochs(entry: dict) -> str:

@@ -6,6 +6,7 @@ The wheels are built from a copy of the checkout (the checkout is left as it was
 import ast
 import email
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ PACKAGE = "mnist_cnn_progression"
 BASE, TRAINING = "mnist-cnn-progression-inference", "mnist-cnn-progression"
 TRAINING_FOLDERS = ("pipeline", "models", "export")
 BUILD_LEFTOVERS = shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+SOURCE_COMMIT = f"{PACKAGE}/pipeline/source_commit.txt"  # written by setup.py's build step
 FOLDER_NAMES = {*TRAINING_FOLDERS, "inference", "run_pipeline"}  # what the code is not installed as
 
 
@@ -33,10 +35,11 @@ def source_modules(folder: str) -> set[str]:
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory) -> dict:
     source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheels")
-    for name in ("setup.cfg", "pyproject.toml", "README.md", "run_pipeline.py"):
+    for name in ("setup.cfg", "setup.py", "pyproject.toml", "README.md", "run_pipeline.py"):
         shutil.copy(ROOT / name, source / name)
     for folder in (*TRAINING_FOLDERS, "inference"):
         shutil.copytree(ROOT / folder, source / folder, ignore=BUILD_LEFTOVERS)
+    commit = git_checkout(source)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
                     str(source / "inference"), str(source)], check=True, capture_output=True)
     built = {}
@@ -46,10 +49,22 @@ def wheels(tmp_path_factory) -> dict:
             info = next(n for n in names if n.endswith(".dist-info/METADATA"))
             metadata = email.message_from_bytes(archive.read(info))
             scripts = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
+            recorded = archive.read(SOURCE_COMMIT).decode() if SOURCE_COMMIT in names else None
         built[metadata["Name"]] = {"files": {n for n in names if ".dist-info/" not in n},
-                                   "requires": metadata.get_all("Requires-Dist") or [], "scripts": scripts}
+                                   "requires": metadata.get_all("Requires-Dist") or [], "scripts": scripts,
+                                   "commit": commit, "recorded_commit": recorded}
     assert set(built) == {BASE, TRAINING}
     return built
+
+
+def git_checkout(directory: Path) -> str:
+    """Make the copy a git checkout of one commit, as a clone is; its commit."""
+    identity = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@127.0.0.1", "GIT_COMMITTER_NAME": "test",
+                "GIT_COMMITTER_EMAIL": "test@127.0.0.1", "PATH": os.environ["PATH"], "HOME": str(directory)}
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "copy"]):
+        subprocess.run(["git", *command], cwd=directory, env=identity, check=True, capture_output=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 @pytest.mark.slow  # pip builds the two wheels in isolated environments
@@ -66,7 +81,7 @@ def test_the_base_install_is_the_inference_folder_alone_and_needs_no_tensorflow(
 @pytest.mark.slow  # pip builds the two wheels in isolated environments
 def test_the_training_distribution_adds_its_folders_under_the_same_name_and_builds_on_the_base(wheels):
     training = wheels[TRAINING]
-    assert training["files"] == set().union(*map(source_modules, TRAINING_FOLDERS))
+    assert training["files"] == set().union(*map(source_modules, TRAINING_FOLDERS)) | {SOURCE_COMMIT}
     assert f"{BASE}==0.1.0" in training["requires"]
     assert f"run-pipeline = {PACKAGE}.pipeline.cli:cli" in training["scripts"]
 
@@ -120,3 +135,21 @@ def test_the_code_imports_the_project_by_its_installed_name():
                      [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
             stray += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] in FOLDER_NAMES]
     assert stray == []
+
+
+@pytest.mark.slow  # pip builds the two wheels in isolated environments
+def test_a_plain_install_knows_the_commit_it_was_built_from(wheels):
+    """Installed plainly, the code is not in a checkout: the build wrote the commit for the run's summary."""
+    training = wheels[TRAINING]
+    assert training["recorded_commit"] == training["commit"] + "\n" and len(training["commit"]) == 40
+
+
+def test_the_run_records_the_commit_written_at_build_time_else_the_checkouts(tmp_path, monkeypatch):
+    from mnist_cnn_progression.pipeline import runner
+    checkout = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if not runner.SOURCE_COMMIT.is_file():  # an editable install runs the checkout: git names it
+        assert runner.environment()["git_commit"] == checkout
+    monkeypatch.setattr(runner, "SOURCE_COMMIT", tmp_path / "source_commit.txt")
+    assert runner.source_commit() == "not from a git checkout"  # no file, and tmp_path is no checkout
+    runner.SOURCE_COMMIT.write_text("0123abc\n")
+    assert runner.environment()["git_commit"] == "0123abc"
