@@ -11,11 +11,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
 
+from mnist_cnn_progression.inference.push import REFUSED, Refused, push, pushed_line
 from mnist_cnn_progression.inference.run_layout import RunLayout
 from mnist_cnn_progression.pipeline import config, native_log, sources
 from mnist_cnn_progression.pipeline.errors import PipelineError
 from mnist_cnn_progression.pipeline.runner import DEFAULT_NODES, STEP_IDS, plan
 from mnist_cnn_progression.pipeline.stages import STAGES
+
+PUSH_NEEDS = ("ensemble", "report")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,6 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="override a preset value, typed like it; KEY.STAGE=VALUE for one stage "
                              "(e.g. --set epochs=3 --set epochs.conv1=5); repeatable")
     parser.add_argument("--force", action="store_true", help="redo the named steps and stages even if done")
+    parser.add_argument("--push-to", type=Path, metavar="BASE",
+                        help="after the report, push the run's ensemble to the served base directory BASE through "
+                             "mnist-push's gate (runs the ensemble and report when needed; exit 3 when refused)")
+    parser.add_argument("--push-min-accuracy", type=float, default=None, metavar="PCT",
+                        help="the gate's floor in percent (default: mnist-push's, the ensemble's reference 99.67)")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or Path("runs") / args.preset
     return args
@@ -48,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_arguments(args: argparse.Namespace) -> tuple[list[str], dict]:
     """Every mistake in the arguments, found before TensorFlow loads and before the run directory exists."""
     requested = DEFAULT_NODES if args.stages == "all" else [s.strip() for s in args.stages.split(",") if s.strip()]
+    if args.push_to is not None:  # the push reads the ensemble's bundle, after the report
+        requested = [*requested, *(node for node in PUSH_NEEDS if node not in requested)]
     plan(requested)
     sources.check_spec(args.data)
     if args.run_dir.exists() and not args.run_dir.is_dir():
@@ -72,15 +82,29 @@ def main(argv=None) -> int:
         runner = Runner(args.run_dir, args.preset, settings, args.data, force=args.force,
                         log=lambda text: print(text, flush=True), strategy=strategy)
         runner.run(requested)
+        if args.push_to is not None and runner.task is None:  # the chief alone, once every worker is done
+            print(push_run(args), flush=True)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Refused as refusal:
+        print(f"refused: {refusal}", file=sys.stderr)
+        return REFUSED
     except KeyboardInterrupt:
         print("interrupted: a rerun with the same arguments resumes from the last finished epoch",
               file=sys.stderr)
         return 130
     print(f"done in {time.perf_counter() - started:.0f}s; summary: {RunLayout(args.run_dir).summary}")
     return 0
+
+
+def push_run(args: argparse.Namespace) -> str:
+    """The run's ensemble through mnist-push's gate into --push-to; raises Refused, or PipelineError for bad input."""
+    gate = {} if args.push_min_accuracy is None else {"min_accuracy": args.push_min_accuracy}
+    try:
+        return pushed_line(push(args.run_dir, args.push_to, **gate), args.push_to)
+    except (OSError, ValueError, KeyError) as error:
+        raise PipelineError(f"cannot push to {args.push_to}: {error}") from None
 
 
 def cli() -> int:

@@ -230,6 +230,29 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
 
 
 @pytest.mark.slow
+def test_push_to_sends_the_finished_run_through_the_gate(capsys, sample_run, tmp_path):
+    """--push-to after a finished run: nothing retrains, the bundle is scored on the run's own test set and pushed
+    with its run's provenance; the same run again is refused by the default floor, with exit 3."""
+    run_dir, base = tmp_path / "run", tmp_path / "base"
+    shutil.copytree(sample_run[0], run_dir)
+    code, out, err = run(capsys, *SMALL, "--run-dir", str(run_dir), "--push-to", str(base),
+                         "--push-min-accuracy", "50")
+    assert code == 0, err
+    assert "[ensemble] done already" in out and f"Version 1 pushed to {base}:" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    release = json.loads((base / "1" / "release.json").read_text())
+    assert release["accuracy"]["float32"] == pytest.approx(summary["stages"]["ensemble"]["bundle"]["test_accuracy"]
+                                                           ["float32"])
+    assert release["test_digest"] == summary["data"]["test_digest"] and release["sample"] is True
+    assert release["preset"] == "quick" and release["commit"] == summary["environment"]["git_commit"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert release["fingerprints"] == {"ensemble": manifest["ensemble"]["fingerprint"]}
+    code, _, err = run(capsys, *SMALL, "--run-dir", str(run_dir), "--push-to", str(base))
+    assert code == 3 and err.startswith("refused: The candidate scores ") and "under the floor of 99.67%" in err
+    assert sorted(path.name for path in base.iterdir()) == [".push.lock", "1"]
+
+
+@pytest.mark.slow
 @needs_mnist
 def test_new_data_marks_what_was_trained_on_the_old_out_of_date_and_never_mixes_them(capsys, sample_run, tmp_path):
     shutil.copytree(sample_run[0], tmp_path, dirs_exist_ok=True)
