@@ -72,3 +72,23 @@ def bundle(tmp_path_factory, mnist_digits, small_nets):
     build_bundle(paths, out, calibration_images=images[:TRAIN], test_images=images[TRAIN:],
                  test_labels=labels[TRAIN:], metadata={"stage": "ensemble"})
     return out
+
+
+@pytest.fixture(scope="session")
+def idx_test_set(tmp_path_factory, mnist_digits):
+    """The bundle's test digits (the last 1,000) as MNIST's IDX files, gzipped: what --test-data names."""
+    from mnist_cnn_progression.pipeline.idx import write_idx
+    images, labels = mnist_digits
+    directory = tmp_path_factory.mktemp("test-data")
+    write_idx(directory / "t10k-images-idx3-ubyte.gz", np.rint(images[TRAIN:, ..., 0] * 255))
+    write_idx(directory / "t10k-labels-idx1-ubyte.gz", labels[TRAIN:])
+    return directory
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory, bundle, idx_test_set):
+    """Version 1 of a base directory, as mnist-push writes it from the bundle (its floor lowered to 50%)."""
+    from mnist_cnn_progression.inference.push import push
+    base = tmp_path_factory.mktemp("releases")
+    push(bundle, base, test_data=idx_test_set, min_accuracy=50)
+    return base / "1"

@@ -1,7 +1,7 @@
 """deploy/kubernetes.yaml read as Kubernetes reads it, and what it says run against the real server.
 
 The init container's command (the image's commands as deploy/Dockerfile installs
-them) fetches the test bundle as a .tar.gz from an HTTP server on 127.0.0.1, the
+them) fetches a pushed test release as a .tar.gz from an HTTP server on 127.0.0.1, the
 ConfigMap's URL pointed at it, onto a directory standing for the volume; the server
 container's command and args, with `$(VAR)` expanded from its env, the volume's
 mount path moved to that directory and every container port to a free one (mapped
@@ -131,14 +131,15 @@ def get(port: int, path: str) -> tuple[int, str, str]:
         return 0, "", ""
 
 
-# ---- The bundle archive, as an object store would serve it ------------------------
+# ---- The release archive, as an object store would serve it ------------------------
 
-def archive(bundle: Path, out: Path, damage: str | None = None) -> str:
-    """The bundle as bundle.tar.gz (tar -czf ... -C <parent> bundle), one file's bytes changed if asked; its SHA-256."""
+def archive(directory: Path, out: Path, damage: str | None = None) -> str:
+    """A release's version directory as a .tar.gz (tar -czf ... -C BASE N), one file's bytes changed if asked;
+    its SHA-256."""
     with tarfile.open(out, "w:gz") as tar:
-        for path in sorted(bundle.rglob("*")):
-            name = "bundle/" + path.relative_to(bundle).as_posix()
-            if path.is_file() and name == f"bundle/{damage}":
+        for path in sorted(directory.rglob("*")):
+            name = f"{directory.name}/" + path.relative_to(directory).as_posix()
+            if path.is_file() and name == f"{directory.name}/{damage}":
                 data = bytearray(path.read_bytes())
                 data[len(data) // 2] ^= 0xFF
                 damaged = out.parent / "damaged"
@@ -168,8 +169,8 @@ def store(tmp_path_factory):
 def config_for(url: str, sha256: str) -> dict:
     """The ConfigMap's data with the archive's URL and SHA-256 pointed at the test's store."""
     config = dict(MANIFEST["ConfigMap"]["data"])
-    assert {"BUNDLE_URL", "BUNDLE_SHA256"} <= config.keys(), "the ConfigMap names no bundle archive"
-    return {**config, "BUNDLE_URL": url, "BUNDLE_SHA256": sha256}
+    assert {"RELEASE_URL", "RELEASE_SHA256", "RELEASE_VERSION"} <= config.keys(), "the ConfigMap names no release"
+    return {**config, "RELEASE_URL": url, "RELEASE_SHA256": sha256, "RELEASE_VERSION": "1"}
 
 
 def fetch(config: dict, volumes: Path) -> subprocess.CompletedProcess:
@@ -203,8 +204,9 @@ def test_the_init_container_writes_the_path_the_server_mounts_and_serves():
     server_command = command_here(server, config, Path("/volumes"), {})
     written = Path(init_command[init_command.index("--into") + 1])
     served = Path(server_command[server_command.index("--models") + 1])
-    assert written == served, f"the init container fills {written}, the server serves {served}"
-    assert served.parent.parent == Path("/volumes"), f"{served} is not on a volume both containers mount"
+    assert written.parent == served, f"the init container fills {written}, the server serves the versions in {served}"
+    assert written.name == config["RELEASE_VERSION"], f"{written} is not the release's version directory"
+    assert served.parent == Path("/volumes"), f"{served} is not on a volume both containers mount"
 
 
 def test_the_probes_name_the_health_endpoints_on_the_http_port():
@@ -240,33 +242,41 @@ def test_the_pods_are_scraped_on_the_metrics_port():
 
 # ---- The init step, run -----------------------------------------------------------------
 
-def test_the_init_container_puts_a_checked_bundle_in_place_once(bundle, store, tmp_path):
+def test_the_init_container_puts_a_checked_release_in_place_once(release, store, tmp_path):
     directory, url = store
-    sha = archive(bundle, directory / "good.tar.gz")
+    sha = archive(release, directory / "good.tar.gz")
     config, volumes = config_for(f"{url}/good.tar.gz", sha), tmp_path / "volumes"
     done = fetch(config, volumes)
     assert done.returncode == 0, done.stderr
-    target = volumes / "bundle" / config["BUNDLE_VERSION"]
-    assert (target / "manifest.json").read_bytes() == (bundle / "manifest.json").read_bytes()
+    assert "(blessed by mnist-push)" in done.stdout
+    target = volumes / "bundle" / config["RELEASE_VERSION"]
+    for name in ("manifest.json", "release.json"):
+        assert (target / name).read_bytes() == (release / name).read_bytes()
     assert [p.name for p in (volumes / "bundle").iterdir()] == [target.name], "staging files left on the volume"
-    again = fetch({**config, "BUNDLE_URL": f"{url}/gone.tar.gz"}, volumes)  # the next pod: no download
+    again = fetch({**config, "RELEASE_URL": f"{url}/gone.tar.gz"}, volumes)  # the next pod: no download
     assert again.returncode == 0 and "kept" in again.stdout, again.stderr
 
 
 BAD_ARCHIVES = {"damaged-member": "members/member_1.onnx does not match its SHA-256",
                 "wrong-sha256": "the archive's SHA-256 is", "missing": "fetching it failed",
-                "not-an-archive": "it is not a .tar.gz of a bundle directory"}
+                "not-an-archive": "it is not a .tar.gz of a release directory",
+                "never-pushed": "it holds no release.json: push the run with mnist-push",
+                "another-version": "its release.json is of version 1, not 2"}
 
 
 @pytest.mark.parametrize("case", BAD_ARCHIVES)
-def test_a_bad_archive_stops_the_init_container_with_a_sentence_and_leaves_nothing(bundle, store, tmp_path, case):
+def test_a_bad_archive_stops_the_init_container_with_a_sentence_and_leaves_nothing(bundle, release, store, tmp_path,
+                                                                                    case):
     directory, url = store
-    sha = archive(bundle, directory / f"{case}.tar.gz", "members/member_1.onnx" if case == "damaged-member" else None)
+    sha = archive(bundle if case == "never-pushed" else release, directory / f"{case}.tar.gz",
+                  "members/member_1.onnx" if case == "damaged-member" else None)
     if case == "not-an-archive":
         (directory / f"{case}.tar.gz").write_text("<Error><Code>AccessDenied</Code></Error>\n")  # a store's answer
         sha = ""
     config = config_for(f"{url}/{'nowhere' if case == 'missing' else case}.tar.gz",
                         "0" * 64 if case == "wrong-sha256" else sha)
+    if case == "another-version":
+        config["RELEASE_VERSION"] = "2"
     volumes = tmp_path / "volumes"
     failed = fetch(config, volumes)
     assert failed.returncode == 2, (failed.stdout, failed.stderr)
@@ -279,11 +289,11 @@ def test_a_bad_archive_stops_the_init_container_with_a_sentence_and_leaves_nothi
 # ---- The server, as the manifest starts it -------------------------------------------------
 
 @pytest.fixture(scope="module")
-def served(bundle, store, tmp_path_factory):
-    """The server started by the manifest's commands on the fetched bundle; yields the container ports' mapping."""
+def served(release, store, tmp_path_factory):
+    """The server started by the manifest's commands on the fetched release; yields the container ports' mapping."""
     directory, url = store
     volumes = tmp_path_factory.mktemp("volumes")
-    config = config_for(f"{url}/served.tar.gz", archive(bundle, directory / "served.tar.gz"))
+    config = config_for(f"{url}/served.tar.gz", archive(release, directory / "served.tar.gz"))
     assert fetch(config, volumes).returncode == 0
     ports = {number: free_port() for number in set(container_ports().values())}
     command = command_here(container("server"), config, volumes, ports)

@@ -22,17 +22,6 @@ LOW_FLOOR = ["--min-accuracy", "50"]  # the small networks score ~90%, far under
 
 
 @pytest.fixture(scope="module")
-def test_data(tmp_path_factory, mnist_digits):
-    """The bundles' test digits (the last 1,000) as MNIST's IDX files, gzipped."""
-    from mnist_cnn_progression.pipeline.idx import write_idx
-    images, labels = mnist_digits
-    directory = tmp_path_factory.mktemp("test-data")
-    write_idx(directory / "t10k-images-idx3-ubyte.gz", np.rint(images[TRAIN:, ..., 0] * 255))
-    write_idx(directory / "t10k-labels-idx1-ubyte.gz", labels[TRAIN:])
-    return directory
-
-
-@pytest.fixture(scope="module")
 def weaker(tmp_path_factory, mnist_digits):
     """A worse candidate, as a shorter run would make it: five networks trained on 300 digits."""
     from mnist_cnn_progression.export.bundle import build_bundle
@@ -67,12 +56,12 @@ def release(base, version: int) -> dict:
     return json.loads((base / str(version) / "release.json").read_text())
 
 
-def test_a_worse_candidate_is_refused_with_exit_3_and_base_unchanged(tmp_path, bundle, weaker, test_data):
+def test_a_worse_candidate_is_refused_with_exit_3_and_base_unchanged(tmp_path, bundle, weaker, idx_test_set):
     base = tmp_path / "base"
-    first = push(bundle, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
+    first = push(bundle, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
     assert first.stdout.startswith(f"Version 1 pushed to {base}:") and "(the first version)" in first.stdout
     before = snapshot(base)
-    refused = push(weaker, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=3)
+    refused = push(weaker, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=3)
     served = release(base, 1)["accuracy"]["float32"]
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("refused: The candidate scores ")
@@ -80,16 +69,16 @@ def test_a_worse_candidate_is_refused_with_exit_3_and_base_unchanged(tmp_path, b
     assert snapshot(base) == before and sorted(p.name for p in base.iterdir()) == [".push.lock", "1"]
 
 
-def test_the_floor_refuses_a_candidate_under_the_reference_and_says_what_to_lower(tmp_path, bundle, test_data):
-    refused = push(bundle, "--to", tmp_path / "base", "--test-data", test_data, check=3)
+def test_the_floor_refuses_a_candidate_under_the_reference_and_says_what_to_lower(tmp_path, bundle, idx_test_set):
+    refused = push(bundle, "--to", tmp_path / "base", "--test-data", idx_test_set, check=3)
     assert "under the floor of 99.67% (--min-accuracy" in refused.stderr and "--min-accuracy 8" in refused.stderr
     assert not any((tmp_path / "base").glob("[0-9]*"))
 
 
-def test_a_better_candidate_becomes_the_next_version_with_its_release(tmp_path, bundle, weaker, test_data):
+def test_a_better_candidate_becomes_the_next_version_with_its_release(tmp_path, bundle, weaker, idx_test_set):
     base = tmp_path / "base"
-    push(weaker, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
-    done = push(bundle, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
+    push(weaker, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
+    done = push(bundle, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
     first, second = release(base, 1), release(base, 2)
     assert "Version 2 pushed" in done.stdout and f"against version 1's {first['accuracy']['float32']:.2%}" in done.stdout
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -108,20 +97,20 @@ def test_a_better_candidate_becomes_the_next_version_with_its_release(tmp_path, 
     assert listing[2].split()[0] == "2" and listing[2].endswith("served")
 
 
-def test_force_pushes_past_the_gate_and_says_so(tmp_path, bundle, weaker, test_data):
+def test_force_pushes_past_the_gate_and_says_so(tmp_path, bundle, weaker, idx_test_set):
     base = tmp_path / "base"
-    push(bundle, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
-    done = push(weaker, "--to", base, "--test-data", test_data, *LOW_FLOOR, "--force", check=0)
+    push(bundle, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
+    done = push(weaker, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, "--force", check=0)
     assert "FORCED past the gate" in done.stdout
     gate = release(base, 2)["gate"]
     assert gate["verdict"] == "forced" and "under version 1" in gate["reason"]
     assert "forced" in push("--list", base, check=0).stdout.splitlines()[2]
 
 
-def test_a_candidate_scored_on_other_test_images_is_refused(tmp_path, bundle, test_data, mnist_digits):
+def test_a_candidate_scored_on_other_test_images_is_refused(tmp_path, bundle, idx_test_set, mnist_digits):
     from mnist_cnn_progression.pipeline.idx import write_idx
     base, other = tmp_path / "base", tmp_path / "other"
-    push(bundle, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
+    push(bundle, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
     images, labels = mnist_digits
     other.mkdir()
     write_idx(other / "t10k-images-idx3-ubyte", np.rint(images[:500, ..., 0] * 255), compress=False)
@@ -131,10 +120,10 @@ def test_a_candidate_scored_on_other_test_images_is_refused(tmp_path, bundle, te
     assert sorted(p.name for p in base.iterdir()) == [".push.lock", "1"]
 
 
-def test_rollback_withdraws_the_served_version_and_restore_undoes_it(tmp_path, bundle, weaker, test_data):
+def test_rollback_withdraws_the_served_version_and_restore_undoes_it(tmp_path, bundle, weaker, idx_test_set):
     base = tmp_path / "base"
-    push(weaker, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
-    push(bundle, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
+    push(weaker, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
+    push(bundle, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
     done = push("--rollback", base, check=0)
     assert done.stdout.startswith("Version 2 is withdrawn; version 1 is served now")
     assert (base / "2" / "manifest.json").is_file()  # kept on disk
@@ -144,7 +133,7 @@ def test_rollback_withdraws_the_served_version_and_restore_undoes_it(tmp_path, b
     assert last.stderr == (f"error: Version 1 is the only version {base} can serve: withdrawing it would leave "
                            "nothing to serve; push another first.\n")
     # a push after a rollback is gated against the version served now, and numbered after every version
-    push(weaker, "--to", base, "--test-data", test_data, *LOW_FLOOR, "--force", check=0)
+    push(weaker, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, "--force", check=0)
     assert release(base, 3)["parent"] == 1
     assert push("--restore", "2", base, check=0).stdout == "Version 2 is restored; version 3 is served now.\n"
     assert push("--restore", "2", base, check=2).stderr.startswith("error: Version 2 in")
@@ -181,36 +170,36 @@ sys.exit(push.main(sys.argv[2:]))
 
 
 @pytest.mark.slow
-def test_a_push_killed_between_any_two_writes_leaves_base_as_it_was(tmp_path, bundle, weaker, test_data):
+def test_a_push_killed_between_any_two_writes_leaves_base_as_it_was(tmp_path, bundle, weaker, idx_test_set):
     base = tmp_path / "base"
-    push(weaker, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
+    push(weaker, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
     before = snapshot(base)
     writes = len(json.loads((bundle / "manifest.json").read_text())["files"]) + 3  # then release, manifest, rename
     for kill_at in sorted({0, 1, writes // 2, writes - 3, writes - 2, writes - 1}):
         done = subprocess.run([sys.executable, "-c", KILLED_PUSH, str(kill_at), str(bundle), "--to", str(base),
-                               "--test-data", str(test_data), *LOW_FLOOR], capture_output=True, timeout=120)
+                               "--test-data", str(idx_test_set), *LOW_FLOOR], capture_output=True, timeout=120)
         assert done.returncode == -signal.SIGKILL, done.stderr
         visible = {name: entry for name, entry in snapshot(base).items() if not name.startswith(".")}
         assert visible == before, f"killed at write {kill_at}"
         assert push("--list", base, check=0).stdout.splitlines()[1].endswith("served")
     assert any(path.name.startswith(".unfinished-") for path in base.iterdir())  # what the last kill left
-    push(bundle, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
+    push(bundle, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
     assert sorted(p.name for p in base.iterdir()) == [".push.lock", "1", "2"]  # the next push cleaned up
     assert os.path.isfile(base / "2" / "release.json")
 
 
 @pytest.mark.slow
-def test_a_running_server_follows_a_push_and_a_rollback(tmp_path, bundle, weaker, test_data):
+def test_a_running_server_follows_a_push_and_a_rollback(tmp_path, bundle, weaker, idx_test_set):
     """The server serves BASE; a blessed push takes over without a restart, a rollback brings the old one back."""
     from test_rollout import answering, stop, wait_for
     from test_server import start
     base = tmp_path / "base"
-    push(weaker, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
+    push(weaker, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
     process, ports = start([*module_command("inference.server"), "--models", str(base), "--poll-seconds", "0.5"])
     server = {"ports": ports}
     try:
         assert answering(server) == "1"
-        push(bundle, "--to", base, "--test-data", test_data, *LOW_FLOOR, check=0)
+        push(bundle, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
         wait_for(lambda: answering(server) == "2", 60, "version 2 answering after the push")
         push("--rollback", base, check=0)
         wait_for(lambda: answering(server) == "1", 60, "version 1 answering after the rollback")
