@@ -92,12 +92,12 @@ async def serve(rollout: Rollout, args: argparse.Namespace) -> None:
     from mlserver import MLServer
     from mlserver.settings import Settings
 
-    from mnist_cnn_progression.inference.serve.runtime import Catalogue
+    from mnist_cnn_progression.inference.serve.runtime import ServedRepository
     max_body = int(args.max_body_mb * (1 << 20))
     served = rollout.start_settings()  # the one list that loads, readiness and the repository read; rollout updates it
     settings = Settings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, parallel_workers=0,
                         grpc_max_message_length=max_body, metrics_port=args.metrics_port, metrics_endpoint="/metrics",
-                        debug=False, model_repository_implementation=Catalogue,
+                        debug=False, model_repository_implementation=ServedRepository,
                         model_repository_implementation_args={"models": served})
     server = MLServer(settings)
     transport.harden_rest(server._rest_server._app, max_body)

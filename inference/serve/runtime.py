@@ -55,8 +55,8 @@ def model_settings(served: Served, *, mode: str, max_batch: int, version: str | 
                          inputs=INPUTS, outputs=OUTPUTS, parameters=ModelParameters(version=version, extra=extra))
 
 
-class Catalogue(ModelRepository):
-    """The repository MLServer loads from (at start, and on a repository API load): the catalogue's models."""
+class ServedRepository(ModelRepository):
+    """The model repository MLServer loads from (at start, and on a repository API load): the models served now."""
 
     def __init__(self, root: str, models: list[ModelSettings]):
         self.models = models

@@ -44,7 +44,7 @@ from mnist_cnn_progression.inference.serve.runtime import model_settings
 log = logging.getLogger("mnist-serve.versions")  # on stderr with the server's own lines (transport.log_on_stderr)
 
 
-def fingerprint(path: Path) -> tuple:
+def files_signature(path: Path) -> tuple:
     """Every file's name, size and modification time: a refused version is tried again once this changes."""
     return tuple(sorted((str(file.relative_to(path)), stat.st_size, stat.st_mtime_ns)
                         for file in path.rglob("*") if file.is_file() and (stat := file.stat())))
@@ -78,7 +78,7 @@ class Rollout:
         self.version: int | None = None  # the version answering unversioned requests; None when not versioned
         self.loaded: dict[str, list[int]] = {}  # model name -> its versions loaded now
         self.names: dict[int, list[str]] = {}  # version -> its model names
-        self.refused: dict[int, tuple] = {}  # version -> its files' fingerprint when it was refused
+        self.refused: dict[int, tuple] = {}  # version -> its files' signature when it was refused
         self.models: list[Served] = []
 
     def first(self) -> None:
@@ -100,10 +100,10 @@ class Rollout:
     def wanted(self) -> list[int]:
         """The versions BASE may serve (inference.releases.serving_order), less those refused as they are now."""
         return [version for version in serving_order(self.path) if self.refused.get(version)
-                != fingerprint(self.path / str(version))]
+                != files_signature(self.path / str(version))]
 
     def refuse(self, version: int, error: Exception) -> None:
-        self.refused[version] = fingerprint(self.path / str(version))
+        self.refused[version] = files_signature(self.path / str(version))
         serving = f"version {self.version} goes on serving" if self.version is not None else "a lower one is tried"
         log.error("Version %d in %s is refused: %s; %s.", version, self.path, one_line(error), serving)
 
