@@ -572,7 +572,7 @@ def test_binary_body_that_does_not_add_up(server):
 
 def test_grpc_fp32_arrives_as_numpy():
     """The module-global patch (inference.serve.mlserver_hooks.replace_grpc_raw_inputs), checked for what it does:
-    MLServer's gRPC converter hands FP32 raw contents on as a NumPy view. In a process of its own (MLServer's protos)."""
+    MLServer's gRPC converter hands FP32 raw contents on as a NumPy view. In a process of its own (its protos)."""
     probe = ("import numpy as np\n"
              "from mlserver.grpc import dataplane_pb2 as pb\n"
              "from mlserver.grpc.converters import ModelInferRequestConverter\n"
