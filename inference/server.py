@@ -125,14 +125,15 @@ async def serve(rollout: Rollout, args: argparse.Namespace) -> None:
     server = MLServer(settings)
     registry = mlserver_hooks.model_registry(server)
     not_ready = partial(transport.not_ready, registry, served)
-    closed = [] if args.repository_api else [Middleware(transport.ClosedRepository)]
+    closed = not args.repository_api  # refused before MLServer reads or routes the call
     mlserver_hooks.add_rest_middleware(
-        server, outer=[Middleware(transport.AccessLog)], exception_handlers={
-            RequestValidationError: transport.invalid_request},
-        inner=[Middleware(transport.ReadyProbe, not_ready=not_ready), *closed,
-               Middleware(transport.BodyLimit, limit=max_body), Middleware(BinaryTensors)])
-    mlserver_hooks.add_grpc_interceptors(server, [transport.AccessInterceptor(), *(
-        [] if args.repository_api else [transport.ClosedRepositoryInterceptor()])])
+        server, outer=[Middleware(transport.AccessLog)],
+        inner=[Middleware(transport.ReadyProbe, not_ready=not_ready),
+               *([Middleware(transport.ClosedRepository)] if closed else []),
+               Middleware(transport.BodyLimit, limit=max_body), Middleware(BinaryTensors)],
+        exception_handlers={RequestValidationError: transport.invalid_request})
+    mlserver_hooks.add_grpc_interceptors(server, [transport.AccessInterceptor(),
+                                                 *([transport.ClosedRepositoryInterceptor()] if closed else [])])
 
     async def ready() -> bool:
         return not await not_ready()
