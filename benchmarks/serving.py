@@ -267,11 +267,11 @@ def phases(models: Path, threads: int, calls: int) -> dict:
     from mlserver.grpc.converters import ModelInferRequestConverter, ModelInferResponseConverter
     from mlserver.types import InferenceRequest
 
-    from mnist_cnn_progression.inference.serve import transport
+    from mnist_cnn_progression.inference.serve import mlserver_hooks, transport
     from mnist_cnn_progression.inference.serve.catalogue import catalogue
     from mnist_cnn_progression.inference.serve.request import read_request
     from mnist_cnn_progression.inference.serve.runtime import DigitModel, model_settings
-    transport.use_numpy_over_grpc()
+    mlserver_hooks.replace_grpc_raw_inputs(transport.numpy_raw_inputs)
     served = catalogue(bundle_dir(models), threads=threads)[0]
     model = DigitModel(model_settings(served, mode="vote", max_batch=BATCH))
     asyncio.run(model.load())

@@ -1,32 +1,39 @@
 """Serve the ensemble over the Open Inference Protocol (KServe v2), REST and gRPC, with Seldon's MLServer.
 
     mnist-serve --models RUN_DIR|BUNDLE|BASE [--host 127.0.0.1] [--http-port 8080] [--grpc-port 8081]
-                [--metrics-port 8082] [--repository-api] [--poll-seconds 5]
+                [--metrics-port 8082] [--repository-api] [--poll-seconds 5] [--require-release]
 
 Models: `ensemble` and `ensemble-int8` (the bundle's fused graphs) and, given
 a run directory, each stage's network under its stage id. Every file of the
 bundle is checked against its SHA-256 and every model loaded before any port
 opens: a damaged or missing bundle exits with status 2 and one sentence. Ready
 (GET /v2/health/ready) means every model is loaded and has answered a first
-inference. Prometheus metrics (MLServer's: REST and gRPC requests, latency
-histograms, inference successes and failures) at /metrics on the metrics
-port; one access-log line per request on stderr. The repository API (load,
-unload, index) is closed unless --repository-api opens it. One process
+inference. Every answer, metric series and access-log line names the model
+version (a directory served alone is version 1, or its number). Prometheus
+metrics (MLServer's: REST and gRPC requests, latency histograms; this
+server's: inference requests, images and latency by model and version) at
+/metrics on the metrics port; one access-log line per request on stderr. The
+repository API (load, unload, index) is closed unless --repository-api opens it. One process
 (MLServer's parallel_workers: 0), so ONNX Runtime's threads own the cores;
 SIGTERM or Ctrl-C shuts it down cleanly. Imports no TensorFlow.
 
 BASE holds numbered versions (BASE/1, BASE/2, ...: each a run directory or a
 bundle): the highest complete one is served, and a higher one copied in later
 takes over without a restart or a lost request (inference.serve.versions).
+A version's release.json (written by mnist-push) is its release card in the
+model metadata; --require-release refuses a version without one.
+MLServer's internals are touched only in inference.serve.mlserver_hooks,
+checked first: on another MLServer the command exits 2 with one sentence.
 """
 import argparse
 import asyncio
 import socket
 import sys
+from functools import partial
 from pathlib import Path
 
 from mnist_cnn_progression.inference.ensemble import MODES
-from mnist_cnn_progression.inference.serve import transport
+from mnist_cnn_progression.inference.serve import mlserver_hooks, transport
 from mnist_cnn_progression.inference.serve.versions import Rollout
 
 
@@ -49,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="open the repository API (POST /v2/repository/index, .../models/NAME/load and unload, "
                              "and gRPC's Repository* calls); closed by default, since anyone who reaches the port "
                              "could unload the models")
+    parser.add_argument("--require-release", action="store_true",
+                        help="refuse a version without a release.json (copied in by hand, not pushed by mnist-push), "
+                             "as a damaged one is; without it such a version is served with a warning line")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="ONNX Runtime threads per model (default: every CPU)")
     parser.add_argument("--mode", choices=MODES, default="vote",
@@ -60,8 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.poll_seconds < 0:
         parser.error("--poll-seconds must be 0 (only on SIGHUP) or more.")
+    try:
+        mlserver_hooks.check()
+    except mlserver_hooks.Unsupported as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     transport.log_on_stderr()  # before the first version's warm-up lines
-    rollout = Rollout(args.models, threads=args.threads, mode=args.mode, max_batch=args.max_batch)
+    rollout = Rollout(args.models, threads=args.threads, mode=args.mode, max_batch=args.max_batch,
+                      require_release=args.require_release)
     try:
         rollout.first()
     except (OSError, ValueError, KeyError) as error:
@@ -74,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     from mlserver.utils import install_uvloop_event_loop  # MLServer's own command runs on uvloop too
     install_uvloop_event_loop()
-    asyncio.run(serve(rollout, args))
+    try:
+        asyncio.run(serve(rollout, args))
+    except mlserver_hooks.Unsupported as error:  # an internal found missing once the server is built
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -89,25 +109,38 @@ def free(host: str, port: int) -> bool:
 
 async def serve(rollout: Rollout, args: argparse.Namespace) -> None:
     """Run MLServer until SIGTERM/SIGINT; it is ready once every model has loaded and answered."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.middleware import Middleware
     from mlserver import MLServer
     from mlserver.settings import Settings
 
-    from mnist_cnn_progression.inference.serve.runtime import Catalogue
+    from mnist_cnn_progression.inference.serve.binary import BinaryTensors
+    from mnist_cnn_progression.inference.serve.runtime import ServedRepository
     max_body = int(args.max_body_mb * (1 << 20))
     served = rollout.start_settings()  # the one list that loads, readiness and the repository read; rollout updates it
     settings = Settings(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, parallel_workers=0,
                         grpc_max_message_length=max_body, metrics_port=args.metrics_port, metrics_endpoint="/metrics",
-                        debug=False, model_repository_implementation=Catalogue,
+                        debug=False, model_repository_implementation=ServedRepository,
                         model_repository_implementation_args={"models": served})
     server = MLServer(settings)
-    transport.harden_rest(server._rest_server._app, max_body)
-    transport.log_grpc_access(server._grpc_server)
-    if not args.repository_api:
-        transport.close_repository(server._model_repository_handlers)
-    transport.ready_when_every_model_answers(server._data_plane, server._model_registry, served)
-    transport.use_numpy_over_grpc()
+    registry = mlserver_hooks.model_registry(server)
+    not_ready = partial(transport.not_ready, registry, served)
+    closed = not args.repository_api  # refused before MLServer reads or routes the call
+    mlserver_hooks.add_rest_middleware(
+        server, outer=[Middleware(transport.AccessLog)],
+        inner=[Middleware(transport.ReadyProbe, not_ready=not_ready),
+               *([Middleware(transport.ClosedRepository)] if closed else []),
+               Middleware(transport.BodyLimit, limit=max_body), Middleware(BinaryTensors)],
+        exception_handlers={RequestValidationError: transport.invalid_request})
+    mlserver_hooks.add_grpc_interceptors(server, [transport.AccessInterceptor(),
+                                                 *([transport.ClosedRepositoryInterceptor()] if closed else [])])
+
+    async def ready() -> bool:
+        return not await not_ready()
+    mlserver_hooks.set_readiness(server, ready)
+    mlserver_hooks.replace_grpc_raw_inputs(transport.numpy_raw_inputs)
     transport.quiet_bad_requests()
-    watching = asyncio.create_task(rollout.watcher(server, args.poll_seconds, served))
+    watching = asyncio.create_task(rollout.watch(registry, args.poll_seconds, served))
     try:
         await server.start(served)
     finally:

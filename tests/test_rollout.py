@@ -9,6 +9,7 @@ add up to 5 or to 3. The tests of the module server run in order: 1 answers,
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,8 +24,9 @@ import numpy as np
 import pytest
 
 from conftest import TRAIN, module_command
-from test_server import (PROTOCOLS, client, free_port, grpcclient, httpclient, metadata, run_dir,  # noqa: F401
-                         start, stop)
+from mnist_cnn_progression.inference.releases import RELEASE, WITHDRAWN
+from test_server import (PROTOCOLS, by_version, client, free_port, grpcclient, httpclient, metadata,  # noqa: F401
+                         run_dir, scrape, start, stop)
 
 from tritonclient.utils import InferenceServerException  # noqa: E402 - test_server skips without tritonclient
 
@@ -62,10 +64,24 @@ def server(base):
     stop(process)
 
 
-def copy_in(bundle, base, version: int, damaged: bool = False) -> None:
+def release_record(version: int, parent: int | None, accuracy: float) -> dict:
+    """A release.json as mnist-push writes it (inference.releases.RELEASE), by hand."""
+    return {"version": version, "pushed_at": "2026-12-06T05:40:00+00:00", "pushed_by": "root", "parent": parent,
+            "accuracy": {"float32": accuracy, "int8": accuracy - 0.0002}, "errors": {"float32": 30, "int8": 32},
+            "test_images": 10000, "recall": [0.999, 0.998] + [0.997] * 8, "test_digest": "ab" * 32,
+            "training_data": "MNIST IDX files from a local directory; split: reference; 50,000 train",
+            "sample": False, "preset": "fast", "seed": 0, "fingerprints": {"ensemble": "cd" * 32},
+            "commit": "not from a git checkout",
+            "gate": {"verdict": "blessed", "min_accuracy": 0.9967, "tolerance": 0.0005, "parent_accuracy": None,
+                     "reason": "It scores 99.70% on the 10,000 test digits, above the floor."}}
+
+
+def copy_in(bundle, base, version: int, damaged: bool = False, release: dict | None = None) -> None:
     """As an operator should: copy under a hidden name, then rename the whole version into place."""
     staging = base / f".{version}"
     shutil.copytree(bundle, staging)
+    if release is not None:
+        (staging / RELEASE).write_text(json.dumps(release))
     if damaged:
         with open(staging / "ensemble.onnx", "r+b") as file:
             file.seek(100)
@@ -73,13 +89,19 @@ def copy_in(bundle, base, version: int, damaged: bool = False) -> None:
     staging.rename(base / str(version))
 
 
-def votes(triton, protocol: str, version: str = "") -> int:
-    """How many networks voted on one digit: which version answered."""
+def answer(triton, protocol: str, version: str = "") -> tuple[int, str]:
+    """How many networks voted on one digit (which version answered), and the version the answer names."""
     tensor = (httpclient if protocol == "http" else grpcclient).InferInput("images", [1, 28, 28, 1], "FP32")
     image = np.zeros((1, 28, 28, 1), np.float32)
     image[0, 4:24, 13:15] = 1
     tensor.set_data_from_numpy(image, **({"binary_data": False} if protocol == "http" else {}))
-    return int(triton.infer("ensemble", [tensor], model_version=version).as_numpy("votes").sum())
+    result = triton.infer("ensemble", [tensor], model_version=version)
+    named = result.get_response()["model_version"] if protocol == "http" else result.get_response().model_version
+    return int(result.as_numpy("votes").sum()), named
+
+
+def votes(triton, protocol: str, version: str = "") -> int:
+    return answer(triton, protocol, version)[0]
 
 
 def answering(server, protocol: str = "http") -> str:
@@ -121,8 +143,10 @@ def test_metadata_shows_the_versions_loaded_and_the_one_answering(server, protoc
 
 
 def test_a_new_version_takes_over_under_load_without_an_error(server, base, three_networks):
-    """Two REST and two gRPC clients ask without a pause while version 2 is copied in, loaded and takes over."""
+    """Two REST and two gRPC clients ask without a pause while version 2 is copied in, loaded and takes over.
+    Every answer names the version that gave it, and the metrics count each version's answers."""
     answers = {worker: [] for worker in range(4)}  # worker -> the vote totals it got, in order
+    named = []  # (votes, the version the answer names)
     errors, readiness = [], []
     done = threading.Event()
 
@@ -131,7 +155,9 @@ def test_a_new_version_takes_over_under_load_without_an_error(server, base, thre
         deadline = time.monotonic() + 120
         while not done.is_set() and len(answers[worker]) < 5000 and time.monotonic() < deadline:
             try:
-                answers[worker].append(votes(triton, protocol))
+                got = answer(triton, protocol)
+                answers[worker].append(got[0])
+                named.append(got)
             except Exception as error:  # noqa: BLE001 - every failure is counted and shown
                 errors.append(repr(error))
 
@@ -140,11 +166,12 @@ def test_a_new_version_takes_over_under_load_without_an_error(server, base, thre
             readiness.append(ready_status(server))
     threads = [threading.Thread(target=work, args=(worker, protocol), daemon=True)
                for worker, protocol in enumerate(PROTOCOLS * 2)] + [threading.Thread(target=probe, daemon=True)]
+    before = scrape(server)
     for thread in threads:
         thread.start()
     try:
         wait_for(lambda: all(len(got) >= 10 for got in answers.values()), what="10 answers from each client")
-        copy_in(three_networks, base, 2)
+        copy_in(three_networks, base, 2, release=release_record(2, 1, 0.997))
         wait_for(lambda: answering(server) == "2", what="version 2 answering")
         counts = [len(got) for got in answers.values()]
         wait_for(lambda: all(len(got) >= count + 30 for got, count in zip(answers.values(), counts)),
@@ -153,8 +180,13 @@ def test_a_new_version_takes_over_under_load_without_an_error(server, base, thre
         done.set()
         for thread in threads:
             thread.join(30)
+    moved = scrape(server)
+    moved.subtract(before)
     assert not errors, errors[:3]
     assert readiness and set(readiness) == {200}
+    assert set(named) == {(OLD, "1"), (NEW, "2")}
+    assert by_version(moved, "mnist_serve_inference_requests_total", model="ensemble", outcome="answered") == {
+        "1": sum(got == OLD for got, _ in named), "2": sum(got == NEW for got, _ in named)}
     for got in answers.values():  # version 1, then version 2 and never 1 again
         assert got[0] == OLD and got[-1] == NEW and got == sorted(got, reverse=True) and set(got) == {OLD, NEW}
     for protocol in PROTOCOLS:
@@ -169,7 +201,14 @@ def test_a_new_version_takes_over_under_load_without_an_error(server, base, thre
         with pytest.raises(InferenceServerException) as gone:  # version 2 is a bundle alone: it has no stages
             metadata(server, protocol, "small")
         assert gone.value.status() in ("404", "StatusCode.NOT_FOUND")
-    assert "Version 2 in" in server_log(server["process"])
+    log = server_log(server["process"])
+    assert f"Version 1 in {base} has no release.json (copied in by hand, not pushed by mnist-push)" in log
+    assert re.search(rf"Version 2 in {re.escape(str(base))} answers now \(accuracy 0.9970 by its release.json\); "
+                     r"version 1 \(accuracy 0\.\d{4} by its bundle's manifest\) is retired", log)
+    card = metadata(server, "grpc", "ensemble")["parameters"]  # as gRPC carries it: str, int and bool only
+    assert card["release_version"] == 2 and card["release_parent"] == 1 and card["release_sample"] is False
+    assert card["release_accuracy_float32"] == "0.997" and card["release_gate_verdict"] == "blessed"
+    assert card["release_recall"].startswith("0.999, 0.998, 0.997") and "release_gate_parent_accuracy" not in card
 
 
 def test_a_damaged_version_is_refused_once_and_the_served_one_goes_on(server, base, three_networks):
@@ -182,6 +221,17 @@ def test_a_damaged_version_is_refused_once_and_the_served_one_goes_on(server, ba
     assert ready_status(server) == 200
     for protocol in PROTOCOLS:
         assert votes(client(server, protocol), protocol) == NEW and answering(server, protocol) == "2"
+
+
+def test_a_withdrawn_version_falls_back_and_a_restored_one_answers_again(server, base):
+    """mnist-push --rollback writes withdrawn.json (here by hand): the server moves to version 1 without a restart."""
+    (base / "2" / WITHDRAWN).write_text(json.dumps({"withdrawn_at": "2026-12-06T06:00:00+00:00"}))
+    wait_for(lambda: answering(server) == "1", what="version 1 answering once 2 is withdrawn")
+    for protocol in PROTOCOLS:
+        assert answer(client(server, protocol), protocol) == (OLD, "1")
+    (base / "2" / WITHDRAWN).unlink()
+    wait_for(lambda: answering(server) == "2", what="version 2 answering once restored")
+    assert answer(client(server, "grpc"), "grpc") == (NEW, "2")
 
 
 def test_removing_the_served_version_brings_back_the_highest_left(server, base):
@@ -233,3 +283,23 @@ def test_mlserver_registry_never_shows_a_request_a_version_that_is_not_ready(tmp
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == {"states": [["1", True, True], ["2", True, True]],
                                        "in_flight_answered_first": True}
+
+
+def test_require_release_refuses_a_version_copied_in_by_hand(tmp_path, bundle, three_networks):
+    """--require-release: version 2 (no release.json) and 3 (an unreadable one) are refused, one line each."""
+    copy_in(bundle, tmp_path, 1, release=release_record(1, None, 0.9969))
+    copy_in(three_networks, tmp_path, 2)
+    copy_in(three_networks, tmp_path, 3)
+    (tmp_path / "3" / RELEASE).write_text("{not json")
+    process, ports = start([*module_command("inference.server"), "--models", str(tmp_path), "--require-release"])
+    server = {"ports": ports}
+    try:
+        assert answering(server) == "1" and answer(client(server, "http"), "http") == (OLD, "1")
+        log = server_log(process)
+        assert len(re.findall(rf"Version 2 in {re.escape(str(tmp_path))} is refused: {re.escape(str(tmp_path / '2'))} "
+                              r"has no release.json \(copied in by hand, not pushed by mnist-push\), and "
+                              r"--require-release refuses such a version; a lower one is tried\.", log)) == 1
+        assert len(re.findall(r"Version 3 in .* is refused: .*release.json cannot be read as JSON", log)) == 1
+        assert "served without a release card" not in log  # version 1 has its card
+    finally:
+        stop(process)

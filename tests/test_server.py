@@ -9,6 +9,7 @@ import base64
 import gzip
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -186,6 +187,10 @@ def test_ready_with_metadata(server, protocol):
                        "confidence": ("FP32", [-1]), "warning": ("BYTES", [-1]), "images": ("FP32", [-1, 28, 28, 1]),
                        "error": ("BYTES", [-1])}
     assert ensemble["parameters"]["networks"] == 5 and float(ensemble["parameters"]["test_accuracy"]) > 0.8
+    # The test bundle records no stage reference: the ensemble's, as the inference side keeps it.
+    assert float(ensemble["parameters"]["reference_accuracy"]) == 0.9967
+    assert ensemble["parameters"]["version"] == "1" and ensemble["versions"] == ["1"]  # a run served alone
+    assert ensemble["parameters"]["release"].startswith("none: copied in by hand")
     assert ensemble["parameters"]["sample"] is True  # the bundle does not say; its run's summary.json does
     stage = metadata(server, protocol, "small")["parameters"]
     assert float(stage["test_accuracy"]) == 0.9 and float(stage["reference_accuracy"]) == 0.978
@@ -370,17 +375,17 @@ def test_repository_api_closed_by_default(server):
     """Anyone who reaches the port could unload the models: REST and gRPC refuse it, and the models stay."""
     base = f"http://127.0.0.1:{server['ports']['http']}/v2/repository"
     for route in REPOSITORY:
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(urllib.request.Request(f"{base}/{route}", b"{}",
-                                                          {"Content-Type": "application/json"}))
-        assert refused.value.code == 403 and json.load(refused.value) == {"error": CLOSED}
+        for body in (b"{}", b"", b"not JSON"):  # whatever the body: no 400 for a call that is refused anyway
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(f"{base}/{route}", body,
+                                                              {"Content-Type": "application/json"}))
+            assert refused.value.code == 403 and json.load(refused.value) == {"error": CLOSED}, (route, body)
     triton = client(server, "grpc")
-    for call, code in ((lambda: triton.unload_model("ensemble"), "PERMISSION_DENIED"),
-                       (lambda: triton.load_model("ensemble"), "PERMISSION_DENIED"),
-                       (triton.get_model_repository_index, "UNKNOWN")):  # MLServer's code for any index error
+    for call in (lambda: triton.unload_model("ensemble"), lambda: triton.load_model("ensemble"),
+                 triton.get_model_repository_index):
         with pytest.raises(InferenceServerException) as refused:
             call()
-        assert refused.value.status() == f"StatusCode.{code}" and CLOSED in refused.value.message()
+        assert refused.value.status() == "StatusCode.PERMISSION_DENIED" and CLOSED in refused.value.message()
     assert triton.is_server_ready() and infer(server, "grpc", {"images": ("FP32", ONE)})["class"].shape == (1,)
 
 
@@ -402,7 +407,11 @@ def test_ready_only_while_every_model_is_loaded(open_server):
     """Unloaded through the opened API, a model makes the server not ready; loaded again, it is ready and answers."""
     base = f"http://127.0.0.1:{open_server['ports']['http']}/v2"
     assert status(f"{base}/repository/models/small/unload", b"") == 200
-    assert status(f"{base}/health/ready") != 200 and status(f"{base}/models/small/ready") != 200
+    with pytest.raises(urllib.error.HTTPError) as not_ready:
+        urllib.request.urlopen(f"{base}/health/ready")
+    assert not_ready.value.code == 503 and json.load(not_ready.value) == {
+        "error": "Not ready: small is not loaded and ready (unloaded through the repository API, or still loading)."}
+    assert status(f"{base}/models/small/ready") != 200
     assert not client(open_server, "grpc").is_server_ready()
     assert infer(open_server, "grpc", {"images": ("FP32", ONE)})["class"].shape == (1,)  # the others still answer
     assert status(f"{base}/repository/models/small/load", b"") == 200
@@ -445,6 +454,48 @@ def test_metrics_count_requests_latencies_and_errors(server):
     assert sum(value for name, value in moved.items() if name.startswith("model_infer_request_success_total")) >= 2
 
 
+def by_version(moved: Counter, metric: str, **labels) -> dict:
+    """{version: how much the metric's series with these labels moved}."""
+    wanted = [f'{name}="{value}"' for name, value in labels.items()]
+    found = {}
+    for sample, value in moved.items():
+        if sample.startswith(metric + "{") and all(label in sample for label in wanted):
+            found[re.search(r'version="([^"]*)"', sample).group(1)] = value
+    return found
+
+
+def test_metrics_count_each_request_by_model_and_version(server):
+    """MLServer labels its series with the version the URL names ("None" without one); this server's name the
+    version that answered: every request counted once, a refused one as refused."""
+    before = scrape(server)
+    for protocol in PROTOCOLS:
+        for _ in range(3):
+            infer(server, protocol, {"images": ("FP32", STROKE)}, model="ensemble-int8")
+    infer(server, "http", {"images": ("FP32", np.repeat(STROKE, 4, axis=0))}, model="ensemble-int8")
+    with pytest.raises(InferenceServerException):
+        infer(server, "grpc", {"images": ("FP32", ONE + 255)}, model="ensemble-int8")
+    moved = scrape(server)
+    moved.subtract(before)
+    requests = "mnist_serve_inference_requests_total"
+    assert by_version(moved, requests, model="ensemble-int8", outcome="answered") == {"1": 7}
+    assert by_version(moved, requests, model="ensemble-int8", outcome="refused") == {"1": 1}
+    assert by_version(moved, "mnist_serve_images_total", model="ensemble-int8") == {"1": 10}
+    assert by_version(moved, "mnist_serve_inference_seconds_count", model="ensemble-int8") == {"1": 7}
+    assert not [sample for sample in scrape(server) if sample.startswith("mnist_serve") and 'version="None"' in sample]
+
+
+def test_every_answer_names_its_version(server):
+    """model_version in REST JSON, REST with the binary tensor extension, and gRPC."""
+    rest = client(server, "http")
+    tensor = httpclient.InferInput("images", [1, 28, 28, 1], "FP32")
+    tensor.set_data_from_numpy(STROKE, binary_data=False)
+    assert rest.infer("ensemble", [tensor]).get_response()["model_version"] == "1"
+    assert binary_infer(server, {"images": ("FP32", STROKE)}).get_response()["model_version"] == "1"
+    tensor = grpcclient.InferInput("images", [1, 28, 28, 1], "FP32")
+    tensor.set_data_from_numpy(STROKE)
+    assert client(server, "grpc").infer("small", [tensor]).get_response().model_version == "1"
+
+
 def test_one_access_log_line_per_request(server):
     infer(server, "http", {"images": ("FP32", ONE)}, model="ensemble-int8")
     infer(server, "grpc", {"images": ("FP32", ONE)}, model="ensemble-int8")
@@ -454,12 +505,13 @@ def test_one_access_log_line_per_request(server):
     url = f"http://127.0.0.1:{server['ports']['http']}/v2/models/ensemble-int8/infer"
     assert status(url, too_large, {"Content-Encoding": "gzip"}) == 413
     time.sleep(0.5)
-    lines = log_so_far(server["process"]).splitlines()
-    assert sum(" access REST POST /v2/models/ensemble-int8/infer 200 " in line for line in lines) >= 1
+    lines = [line for line in log_so_far(server["process"]).splitlines() if " access " in line]
+    answered = re.compile(r" access (REST POST /v2/models/ensemble-int8/infer 200|gRPC "
+                          r"/inference.GRPCInferenceService/ModelInfer OK) [0-9.]+ ms ensemble-int8 version 1$")
+    assert sum(bool(answered.search(line)) for line in lines) >= 2
     assert sum(" access REST POST /v2/models/missing-model/infer 404 " in line for line in lines) == 1
     assert sum(" access REST POST /v2/models/ensemble-int8/infer 413 " in line for line in lines) == 1
-    assert sum(" access gRPC /inference.GRPCInferenceService/ModelInfer OK " in line for line in lines) >= 1
-    assert all(line.endswith(" ms") for line in lines if " access " in line)
+    assert all(line.endswith((" ms", " version 1")) for line in lines)
 
 
 def binary_infer(server, tensors: dict, outputs: list | None = None):
@@ -519,13 +571,13 @@ def test_binary_body_that_does_not_add_up(server):
 
 
 def test_grpc_fp32_arrives_as_numpy():
-    """The module-global patch (inference.serve.transport.use_numpy_over_grpc), checked for what it does: MLServer's
-    gRPC converter hands FP32 raw contents on as a NumPy view. In a process of its own (MLServer's protos)."""
+    """The module-global patch (inference.serve.mlserver_hooks.replace_grpc_raw_inputs), checked for what it does:
+    MLServer's gRPC converter hands FP32 raw contents on as a NumPy view. In a process of its own (its protos)."""
     probe = ("import numpy as np\n"
              "from mlserver.grpc import dataplane_pb2 as pb\n"
              "from mlserver.grpc.converters import ModelInferRequestConverter\n"
-             "from mnist_cnn_progression.inference.serve.transport import use_numpy_over_grpc\n"
-             "use_numpy_over_grpc()\n"
+             "from mnist_cnn_progression.inference.serve import mlserver_hooks, transport\n"
+             "mlserver_hooks.replace_grpc_raw_inputs(transport.numpy_raw_inputs)\n"
              "x = np.arange(784, dtype=np.float32).reshape(1, 28, 28, 1) / 784\n"
              "message = pb.ModelInferRequest(model_name='ensemble', inputs=[pb.ModelInferRequest.InferInputTensor(\n"
              "    name='images', datatype='FP32', shape=[1, 28, 28, 1])], raw_input_contents=[x.tobytes()])\n"

@@ -8,8 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_cnn_progression.inference.files import check_sha256
+from mnist_cnn_progression.inference.contract import ENSEMBLE_REFERENCE_ACCURACY
 from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
+from mnist_cnn_progression.inference.files import check_sha256
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,13 @@ def catalogue(path: Path, threads: int | None = None) -> list[Served]:
     check_files(bundle, manifest)
     # Bundles record their training data since the runner writes it; an older one has its run's.
     data = training_data(manifest.get("metadata", {}).get("data") or summary.get("data"))
+    reference = manifest.get("metadata", {}).get("reference_accuracy", ENSEMBLE_REFERENCE_ACCURACY)
     models = []
     for name, int8, weights in (("ensemble", False, "float32"), ("ensemble-int8", True, "int8")):
         ensemble = Ensemble.load(bundle, int8=int8, threads=threads, verify=False)  # checked above
         about = {**data, "weights": weights, "networks": len(manifest["members"]),
-                 "test_accuracy": f"{manifest['test_accuracy'][weights]:.4f}", "test_images": manifest["test_images"]}
+                 "test_accuracy": f"{manifest['test_accuracy'][weights]:.4f}", "test_images": manifest["test_images"],
+                 "reference_accuracy": f"{reference:.4f}"}
         if ensemble.training_data_warning:
             about["warning"] = ensemble.training_data_warning
         models.append(Served(name, ensemble, about))
@@ -88,3 +91,23 @@ def source_kind(source: str | None) -> str:
     if source in kinds:
         return kinds[source]
     return "MNIST IDX files from a mirror" if "://" in source else "MNIST IDX files from a local directory"
+
+
+def release_card(release: dict | None) -> dict:
+    """A version's release.json as metadata parameters: nested keys joined under `release_` (release_gate_verdict),
+    numbers that are not whole and lists as text, since MLServer's gRPC keeps only str, int and bool values."""
+    if release is None:
+        return {"release": "none: copied in by hand, not pushed by mnist-push"}
+    return dict(flat("release", release))
+
+
+def flat(key: str, value):
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from flat(f"{key}_{name}", item)
+    elif isinstance(value, (bool, int, str)):
+        yield key, value
+    elif isinstance(value, float):
+        yield key, f"{value:.6g}"
+    elif isinstance(value, list):
+        yield key, ", ".join(f"{item:.6g}" if isinstance(item, float) else str(item) for item in value)

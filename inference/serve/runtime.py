@@ -5,6 +5,7 @@ checked ensemble arrives in `parameters.extra` (inference.serve.catalogue did
 the loading before any port opened).
 """
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from mlserver.handlers import custom_handler
 from mlserver.repository import ModelRepository
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, Parameters, ResponseOutput
+from prometheus_client import Counter, Histogram
 
 from mnist_cnn_progression.inference.contract import (CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES,
                                                       VOTES_OUTPUT)
@@ -22,10 +24,19 @@ from mnist_cnn_progression.inference.ensemble import Prediction
 from mnist_cnn_progression.inference.serve.batching import Batcher
 from mnist_cnn_progression.inference.serve.catalogue import Served
 from mnist_cnn_progression.inference.serve.request import ERROR, PICTURES, BadRequest, read_request, unanswered
+from mnist_cnn_progression.inference.serve.transport import note_answering
 
 PAGE = Path(__file__).resolve().parent.parent / "page" / "index.html"
 IMAGES = [-1, *IMAGE_SHAPE]
 RETIRING_SECONDS = 0.5  # a retired version stays ready this long (DigitModel.unload)
+# On prometheus_client's default registry, which MLServer's metrics port serves (one process). MLServer's own
+# model_infer_* series take their version from the request's URL: "None" for a request that names none.
+INFERENCE_REQUESTS = Counter("mnist_serve_inference_requests", "Inference requests a model version handled, by "
+                             "outcome (answered, refused: a bad request, failed)", ["model", "version", "outcome"])
+ANSWERED_IMAGES = Counter("mnist_serve_images", "Images or pictures a model version answered", ["model", "version"])
+INFERENCE_SECONDS = Histogram("mnist_serve_inference_seconds", "Seconds from a request's arrival at a model version "
+                              "to its answer (its body already parsed)", ["model", "version"],
+                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 INPUTS = [
     MetadataTensor(name=INPUT_NAME, datatype="FP32", shape=IMAGES,
                    parameters=Parameters(note="white digit on black, pixel / 255 in [0, 1], MNIST-centred")),
@@ -55,8 +66,8 @@ def model_settings(served: Served, *, mode: str, max_batch: int, version: str | 
                          inputs=INPUTS, outputs=OUTPUTS, parameters=ModelParameters(version=version, extra=extra))
 
 
-class Catalogue(ModelRepository):
-    """The repository MLServer loads from (at start, and on a repository API load): the catalogue's models."""
+class ServedRepository(ModelRepository):
+    """The model repository MLServer loads from (at start, and on a repository API load): the models served now."""
 
     def __init__(self, root: str, models: list[ModelSettings]):
         self.models = models
@@ -78,6 +89,7 @@ class DigitModel(MLModel):
         return True
 
     async def metadata(self):
+        note_answering(self.name, self.version)
         metadata = await super().metadata()
         metadata.parameters = Parameters(mode=self.mode, max_batch=self.max_batch, **self.served.about)
         metadata.versions = self.settings.parameters.extra["versions"]()
@@ -96,6 +108,22 @@ class DigitModel(MLModel):
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        """The answer; counted by model, version and outcome, and timed when answered (the metrics port)."""
+        note_answering(self.name, self.version)
+        began, outcome = time.perf_counter(), "failed"
+        try:
+            answer = await self.answer(payload)
+            outcome = "answered"
+            ANSWERED_IMAGES.labels(self.name, self.version).inc(answer.outputs[0].shape[0] if answer.outputs else 0)
+            INFERENCE_SECONDS.labels(self.name, self.version).observe(time.perf_counter() - began)
+            return answer
+        except BadRequest:
+            outcome = "refused"
+            raise
+        finally:
+            INFERENCE_REQUESTS.labels(self.name, self.version, outcome).inc()
+
+    async def answer(self, payload: InferenceRequest) -> InferenceResponse:
         images, errors = read_request(payload, self.max_batch)
         from_pictures = errors is not None
         wanted = [output.name for output in payload.outputs or ()]
@@ -119,7 +147,8 @@ class DigitModel(MLModel):
             outputs.append(tensor(INPUT_NAME, "FP32", images))
         if errors is not None:
             outputs.append(tensor(ERROR, "BYTES", np.array(errors, dtype=str).reshape(-1)))
-        return InferenceResponse(model_name=self.name, outputs=[o for o in outputs if not wanted or o.name in wanted])
+        return InferenceResponse(model_name=self.name, model_version=self.version,
+                                 outputs=[o for o in outputs if not wanted or o.name in wanted])
 
 
 def tensor(name: str, datatype: str, array: np.ndarray) -> ResponseOutput:

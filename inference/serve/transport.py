@@ -1,5 +1,6 @@
 """What MLServer 1.7.1's transports need for this server: a REST body limit, plain 400s, a NumPy path over gRPC,
-the binary tensor extension over REST, an access log, a closed repository API, readiness of every model.
+the binary tensor extension over REST, an access log naming each model version, a closed repository API, readiness
+of every model.
 
 - REST: a request body over the limit gets a 413 before it is parsed (a gzip
   body is measured after decompression); a body that is not an inference
@@ -10,56 +11,49 @@ the binary tensor extension over REST, an access log, a closed repository API, r
   the bytes, and contents that do not fit their shape are a 400, not an
   internal error. MLServer's own limit (grpc_max_message_length) bounds the message.
 - Bad requests are not logged with a traceback; every request (but the
-  health probes) gets one access-log line on stderr, REST and gRPC.
-- The repository API (load, unload, index) is refused unless --repository-api
-  opens it; ready means every served model is loaded and has answered.
-MLServer 1.7.1 has no public hook for REST middleware, gRPC interceptors, its
-data plane's readiness or its repository handlers, so these reach into its
-objects (hence the exact pin in inference/pyproject.toml); tests/test_server.py
-checks each behaviour on a real process, so a change in MLServer that undoes one
-fails there.
+  health probes) gets one access-log line on stderr, REST and gRPC, with the
+  model and version that handled it.
+- The repository API (load, unload, index) is refused, whatever the request,
+  unless --repository-api opens it; ready means every served model is loaded
+  and has answered, and not ready is a 503 with a sentence.
+These are ASGI middlewares, gRPC interceptors and functions; where they plug
+into MLServer without a public hook is inference.serve.mlserver_hooks.
 """
 import logging
 import struct
 import sys
 import time
 import zlib
-from types import SimpleNamespace
+from contextvars import ContextVar
 
 import grpc
 import numpy as np
-from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware import Middleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from grpc import aio as grpc_aio
 from mlserver import raw
 from mlserver.errors import MLServerError, ModelNotFound
-from mlserver.grpc import converters
-from mlserver.grpc import server as grpc_server_module
-from mlserver.grpc import utils as grpc_utils
 from mlserver.types import TensorData
 
-from mnist_cnn_progression.inference.serve.binary import BinaryTensors, replaying
+from mnist_cnn_progression.inference.serve.binary import replaying
 from mnist_cnn_progression.inference.serve.request import BadRequest
 
 access = logging.getLogger("mnist-serve.access")
-HEALTH = ("/v2/health/live", "/v2/health/ready")
+READY, LIVE = "/v2/health/ready", "/v2/health/live"
 GRPC_HEALTH = ("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady")
+REPOSITORY_PATH = "/v2/repository/"  # index, models/NAME/load, models/NAME/unload
+REPOSITORY_CALLS = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")  # in both gRPC services
+CLOSED = ("The repository API (load, unload, index) is closed on this server; start it with --repository-api to "
+          "open it.")
+# The model and version a request reached, for its access-log line: a dict set per request, filled by the model.
+answering: ContextVar[dict | None] = ContextVar("answering", default=None)
 
 
-class RepositoryClosed(MLServerError):
-    def __init__(self):
-        super().__init__("The repository API (load, unload, index) is closed on this server; start it with "
-                         "--repository-api to open it.", status_code=403)
-
-
-def harden_rest(app: FastAPI, max_body: int) -> None:
-    """The access log outermost, so it sees every answer; the body limit, then the binary decoding, innermost:
-    inside MLServer's metrics (their refusals are counted) and its gzip (a binary answer is compressed too)."""
-    app.user_middleware += [Middleware(BodyLimit, limit=max_body), Middleware(BinaryTensors)]
-    app.add_middleware(AccessLog)
-    app.add_exception_handler(RequestValidationError, invalid_request)
+def note_answering(model: str, version: str | None) -> None:
+    """Called by the model handling a request: its access-log line names them."""
+    noted = answering.get()
+    if noted is not None:
+        noted.update(model=model, version=version)
 
 
 def log_on_stderr() -> None:
@@ -74,51 +68,63 @@ def log_on_stderr() -> None:
         logger.propagate = False
 
 
-def close_repository(handlers) -> None:
-    """REST /v2/repository/* and gRPC Repository* all call these three handlers: each refuses with a 403
-    (gRPC: PERMISSION_DENIED for load and unload; MLServer answers UNKNOWN for any error of its index call)."""
-    async def refuse(*_, **__):
-        raise RepositoryClosed()
-    handlers.index = handlers.load = handlers.unload = refuse
-    grpc_utils.STATUS_CODE_MAPPING[403] = grpc.StatusCode.PERMISSION_DENIED
+async def not_ready(registry, models: list) -> list[str]:
+    """The served models that are not loaded and ready. MLServer's own check asks only the models still
+    registered, so an unloaded one would not count against it.
 
-
-def ready_when_every_model_answers(data_plane, registry, models: list) -> None:
-    """MLServer's ready asks only the models still registered: an unloaded one would not count against it.
-
-    models: the ModelSettings served, read at each probe (the list the repository loads from).
+    registry: MLServer's MultiModelRegistry; models: the ModelSettings served, read at each probe.
     """
-    async def every_model_ready() -> bool:
-        for name in [model.name for model in models]:
-            try:
-                if not (await registry.get_model(name)).ready:
-                    return False
-            except ModelNotFound:
-                return False
-        return True
-    data_plane.ready = every_model_ready
-
-
-def log_grpc_access(grpc_server) -> None:
-    """MLServer builds its grpc.aio server at start with its own interceptors only: this one is added to them."""
-    create = grpc_server._create_server
-
-    def create_with_access_log():
-        real = grpc_server_module.aio
-        grpc_server_module.aio = SimpleNamespace(server=lambda *args, interceptors=(), **kwargs: real.server(
-            *args, interceptors=[AccessInterceptor(), *interceptors], **kwargs))
+    missing = []
+    for name in [model.name for model in models]:
         try:
-            return create()
-        finally:
-            grpc_server_module.aio = real
-    grpc_server._create_server = create_with_access_log
+            if not (await registry.get_model(name)).ready:
+                missing.append(name)
+        except ModelNotFound:
+            missing.append(name)
+    return missing
 
 
-def use_numpy_over_grpc() -> None:
-    if converters.inject_raw is not raw.inject_raw:
-        raise RuntimeError("mlserver.grpc.converters.inject_raw is not MLServer 1.7.1's: "
-                           "check inference.serve.transport.")
-    converters.inject_raw = numpy_raw_inputs
+class ReadyProbe:
+    """ASGI middleware: GET /v2/health/ready is 200 while every served model is ready, else a 503 that names those
+    not ready (MLServer answers a 400 with an empty body)."""
+
+    def __init__(self, app, not_ready):
+        self.app, self.not_ready = app, not_ready
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != READY:
+            return await self.app(scope, receive, send)
+        missing = await self.not_ready()
+        answer = Response(status_code=200) if not missing else JSONResponse(
+            {"error": f"Not ready: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not loaded and "
+                      "ready (unloaded through the repository API, or still loading)."}, status_code=503)
+        await answer(scope, receive, send)
+
+
+class ClosedRepository:
+    """ASGI middleware: every /v2/repository/ request gets a 403 before it is read or routed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(REPOSITORY_PATH):
+            return await self.app(scope, receive, send)
+        await JSONResponse({"error": CLOSED}, status_code=403)(scope, receive, send)
+
+
+class ClosedRepositoryInterceptor(grpc_aio.ServerInterceptor):
+    """gRPC's Repository* calls (in MLServer's two services) answer PERMISSION_DENIED before they run."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.rsplit("/", 1)[-1] not in REPOSITORY_CALLS:
+            return handler
+
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, CLOSED)
+        return grpc.unary_unary_rpc_method_handler(refuse, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
 
 
 def quiet_bad_requests() -> None:
@@ -151,16 +157,24 @@ async def invalid_request(request, error: RequestValidationError) -> JSONRespons
     return JSONResponse({"error": message}, status_code=400)
 
 
+def answered_by(noted: dict) -> str:
+    """' ensemble version 2' when a model handled the request, else nothing."""
+    return f" {noted['model']} version {noted['version']}" if noted else ""
+
+
 class AccessLog:
-    """ASGI middleware: one line per REST request: method, path, status, milliseconds (not the health probes)."""
+    """ASGI middleware: one line per REST request: method, path, status, milliseconds, the model and version that
+    handled it (not the health probes)."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in HEALTH:
+        if scope["type"] != "http" or scope["path"] in (READY, LIVE):
             return await self.app(scope, receive, send)
         began, status = time.perf_counter(), 500  # an exception that escapes is answered as a 500 further out
+        model = {}
+        token = answering.set(model)
 
         async def noted(message):
             nonlocal status
@@ -170,8 +184,9 @@ class AccessLog:
         try:
             await self.app(scope, receive, noted)
         finally:
-            access.info("REST %s %s %d %.1f ms", scope["method"], scope["path"], status,
-                        (time.perf_counter() - began) * 1e3)
+            access.info("REST %s %s %d %.1f ms%s", scope["method"], scope["path"], status,
+                        (time.perf_counter() - began) * 1e3, answered_by(model))
+            answering.reset(token)
 
 
 class AccessInterceptor(grpc_aio.ServerInterceptor):
@@ -184,7 +199,8 @@ class AccessInterceptor(grpc_aio.ServerInterceptor):
         behaviour = handler.unary_unary
 
         async def logged(request, context):
-            began, failed = time.perf_counter(), False
+            began, failed, model = time.perf_counter(), False, {}
+            token = answering.set(model)
             try:
                 return await behaviour(request, context)
             except BaseException:
@@ -192,8 +208,9 @@ class AccessInterceptor(grpc_aio.ServerInterceptor):
                 raise
             finally:
                 code = context.code() or (grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
-                access.info("gRPC %s %s %.1f ms", details.method, getattr(code, "name", code),
-                            (time.perf_counter() - began) * 1e3)
+                access.info("gRPC %s %s %.1f ms%s", details.method, getattr(code, "name", code),
+                            (time.perf_counter() - began) * 1e3, answered_by(model))
+                answering.reset(token)
         return grpc.unary_unary_rpc_method_handler(logged, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
 

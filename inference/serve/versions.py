@@ -20,16 +20,17 @@ by the same rule, to the next one.
 A version's number names its files once: files changed in place under the
 served number are not loaded again (copy them in as the next number).
 
-Loading and retiring go through MLServer's model registry, the server's
-private `_model_registry` (no public call loads a model at run time); its
-default version is the highest loaded one, so unversioned requests follow.
+Loading and retiring go through MLServer's model registry (reached through
+inference.serve.mlserver_hooks: no public call loads a model at run time);
+its default version is the highest loaded one, so unversioned requests follow.
+A directory served alone is a version too (lone_version), so every answer,
+metric and log line names one.
 """
 import asyncio
 import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 
@@ -37,25 +38,30 @@ import numpy as np
 from mlserver.registry import MultiModelRegistry
 
 from mnist_cnn_progression.inference.contract import IMAGE_SHAPE
-from mnist_cnn_progression.inference.releases import numbered, serving_order
-from mnist_cnn_progression.inference.serve.catalogue import Served, catalogue
+from mnist_cnn_progression.inference.releases import RELEASE, numbered, release_of, serving_order
+from mnist_cnn_progression.inference.serve.catalogue import Served, catalogue, release_card
 from mnist_cnn_progression.inference.serve.runtime import model_settings
 
 log = logging.getLogger("mnist-serve.versions")  # on stderr with the server's own lines (transport.log_on_stderr)
 
 
-def fingerprint(path: Path) -> tuple:
+def files_signature(path: Path) -> tuple:
     """Every file's name, size and modification time: a refused version is tried again once this changes."""
     return tuple(sorted((str(file.relative_to(path)), stat.st_size, stat.st_mtime_ns)
                         for file in path.rglob("*") if file.is_file() and (stat := file.stat())))
 
 
-def prepare(path: Path, threads: int | None) -> list[Served]:
-    """The models of a run directory or bundle, every file checked and each model run once on a blank image.
+def prepare(path: Path, threads: int | None, require_release: bool) -> tuple[list[Served], dict | None]:
+    """The models of a run directory or bundle, every file checked and each model run once on a blank image, their
+    metadata with the release card; and the release (None for a version copied in by hand).
 
     The warm-up inference is what makes a model ready: none is served before it has answered one.
     Raises OSError, ValueError or KeyError with a plain sentence, ONNX Runtime's own errors included.
     """
+    release = release_of(path)
+    if release is None and require_release:
+        raise ValueError(f"{path} has no {RELEASE} (copied in by hand, not pushed by mnist-push), and "
+                         "--require-release refuses such a version")
     try:
         models = catalogue(path, threads=threads)
         for served in models:
@@ -67,50 +73,79 @@ def prepare(path: Path, threads: int | None) -> list[Served]:
         raise
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises plain Exceptions for a graph it cannot run
         raise ValueError(f"ONNX Runtime cannot run the models in {path}: {one_line(error)}.") from None
-    return models
+    card = release_card(release)
+    return [dataclasses.replace(served, about={**served.about, **card}) for served in models], release
+
+
+def accuracy(models: list[Served], release: dict | None) -> str:
+    """The float32 ensemble's test accuracy, as its release.json or (copied in by hand) its bundle records it."""
+    recorded = (release or {}).get("accuracy")
+    if isinstance(recorded, dict) and isinstance(recorded.get("float32"), float):
+        return f"accuracy {recorded['float32']:.4f} by its {RELEASE}"
+    ensemble = next(served for served in models if served.name == "ensemble")
+    return f"accuracy {ensemble.about['test_accuracy']} by its bundle's manifest"
+
+
+def lone_version(path: Path, release: dict | None) -> int:
+    """The version of a directory served alone: its name when a number (/models/3), else its release's, else 1."""
+    if path.name.isascii() and path.name.isdigit():
+        return int(path.name)
+    return release["version"] if release and isinstance(release.get("version"), int) else 1
 
 
 class Rollout:
-    """What the server serves from --models: one run directory or bundle, or the versions of a base directory."""
+    """What the server serves from --models: the versions of a base directory, or one run directory or bundle."""
 
-    def __init__(self, path: Path, *, threads: int | None, mode: str, max_batch: int):
+    def __init__(self, path: Path, *, threads: int | None, mode: str, max_batch: int, require_release: bool = False):
         self.path, self.threads, self.mode, self.max_batch = Path(path), threads, mode, max_batch
-        self.version: int | None = None  # the version answering unversioned requests; None when not versioned
+        self.require_release = require_release
+        self.base = False  # whether path is a base directory of numbered versions
+        self.version: int | None = None  # the version answering requests that name none
         self.loaded: dict[str, list[int]] = {}  # model name -> its versions loaded now
         self.names: dict[int, list[str]] = {}  # version -> its model names
-        self.refused: dict[int, tuple] = {}  # version -> its files' fingerprint when it was refused
+        self.accuracy: dict[int, str] = {}  # version -> its accuracy, for the log lines
+        self.refused: dict[int, tuple] = {}  # version -> its files' signature when it was refused
         self.models: list[Served] = []
 
     def first(self) -> None:
         """Before any port opens: load the highest complete version that passes its check (raises with a sentence)."""
-        if not numbered(self.path):
-            self.models = prepare(self.path, self.threads)
-            return
-        for version in self.wanted():
+        self.base = bool(numbered(self.path))
+        if not self.base:
+            self.models, release = prepare(self.path, self.threads, self.require_release)
+            self.version = lone_version(self.path, release)
+        for version in self.wanted() if self.base else ():
             try:
-                self.models = prepare(self.path / str(version), self.threads)
+                self.models, release = prepare(self.path / str(version), self.threads, self.require_release)
             except (OSError, ValueError, KeyError) as error:
                 self.refuse(version, error)
                 continue
             self.version = version
-            return
-        raise ValueError(f"{self.path} holds no complete version, not withdrawn, that passes its check (a "
-                         "version directory is complete once its bundle's manifest.json is in it).")
+            break
+        if self.version is None:
+            raise ValueError(f"{self.path} holds no complete version, not withdrawn, that passes its check (a "
+                             "version directory is complete once its bundle's manifest.json is in it).")
+        self.take(self.version, self.models, release)
+        log.info("Version %d of %s answers (%s).", self.version, self.path, self.accuracy[self.version])
+
+    def take(self, version: int, models: list[Served], release: dict | None) -> None:
+        """Note a version's accuracy for the log lines; warn when it comes without a release card."""
+        self.accuracy[version] = accuracy(models, release)
+        if release is None:
+            log.warning("Version %d in %s has no %s (copied in by hand, not pushed by mnist-push): it is served "
+                        "without a release card; --require-release would refuse it.", version, self.path, RELEASE)
 
     def wanted(self) -> list[int]:
         """The versions BASE may serve (inference.releases.serving_order), less those refused as they are now."""
         return [version for version in serving_order(self.path) if self.refused.get(version)
-                != fingerprint(self.path / str(version))]
+                != files_signature(self.path / str(version))]
 
     def refuse(self, version: int, error: Exception) -> None:
-        self.refused[version] = fingerprint(self.path / str(version))
+        self.refused[version] = files_signature(self.path / str(version))
         serving = f"version {self.version} goes on serving" if self.version is not None else "a lower one is tried"
         log.error("Version %d in %s is refused: %s; %s.", version, self.path, one_line(error), serving)
 
-    def settings(self, models: list[Served], version: int | None) -> list:
+    def settings(self, models: list[Served], version: int) -> list:
         """MLServer's ModelSettings of a version's models; their metadata carries the version and those loaded."""
-        if version is None:
-            return [model_settings(served, mode=self.mode, max_batch=self.max_batch) for served in models]
         return [model_settings(dataclasses.replace(served, about={**served.about, "version": str(version)}),
                                mode=self.mode, max_batch=self.max_batch, version=str(version),
                                versions=partial(self.versions_of, served.name)) for served in models]
@@ -123,24 +158,14 @@ class Rollout:
         self.note_loaded(self.version, self.models)
         return self.settings(self.models, self.version)
 
-    def note_loaded(self, version: int | None, models: list[Served]) -> None:
+    def note_loaded(self, version: int, models: list[Served]) -> None:
         self.names[version] = [served.name for served in models]
         for served in models:
             self.loaded.setdefault(served.name, []).append(version)
 
-    def watcher(self, server, poll_seconds: float, served: list) -> Coroutine:
-        """What watches BASE, for a task; MLServer's registry is checked here, before the server starts.
-
-        served: the ModelSettings list that readiness and the repository read; each new version replaces its items.
-        """
-        registry = server._model_registry  # noqa: SLF001 - MLServer 1.7.1 has no public way to load at run time
-        if not isinstance(registry, MultiModelRegistry):
-            raise RuntimeError("MLServer's model registry is not where 1.7.1 keeps it: check inference.serve.versions.")
-        return self.watch(registry, poll_seconds, served)
-
     async def watch(self, registry: MultiModelRegistry, poll_seconds: float, served: list) -> None:
         """Until cancelled: every poll_seconds (never when 0) and on SIGHUP, serve the version the rule picks."""
-        if self.version is None:
+        if not self.base:
             return
         wake = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, wake.set)
@@ -162,9 +187,11 @@ class Rollout:
             return
         version = wanted[0]
         try:  # ONNX Runtime builds its sessions in a thread: the event loop goes on answering meanwhile
-            models = await asyncio.to_thread(prepare, self.path / str(version), self.threads)
+            models, release = await asyncio.to_thread(prepare, self.path / str(version), self.threads,
+                                                      self.require_release)
         except (OSError, ValueError, KeyError) as error:
             return self.refuse(version, error)
+        self.take(version, models, release)
         # Loading a model whose load() never waits leaves no moment in which the new default is not ready.
         new = self.settings(models, version)
         for settings in new:
@@ -172,8 +199,8 @@ class Rollout:
         served[:] = new
         old, self.version = self.version, version
         self.note_loaded(version, models)
-        log.info("Version %d in %s answers now; version %s is retired once its requests are answered.",
-                 version, self.path, old)
+        log.info("Version %d in %s answers now (%s); version %d (%s) is retired once its requests are answered.",
+                 version, self.path, self.accuracy[version], old, self.accuracy.pop(old))
         retired = self.names.pop(old)
         for name in retired:
             self.loaded[name].remove(old)
