@@ -7,10 +7,11 @@ back the one before.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -189,20 +190,39 @@ def test_a_push_killed_between_any_two_writes_leaves_base_as_it_was(tmp_path, bu
 
 
 @pytest.mark.slow
-def test_a_running_server_follows_a_push_and_a_rollback(tmp_path, bundle, weaker, idx_test_set):
-    """The server serves BASE; a blessed push takes over without a restart, a rollback brings the old one back."""
-    from test_rollout import answering, stop, wait_for
-    from test_server import start
+def test_a_running_server_follows_a_push_and_a_rollback_under_load(tmp_path, bundle, weaker, idx_test_set):
+    """The server serves BASE under --require-release while a REST and a gRPC client ask without a pause: a
+    blessed push takes over and a rollback brings the old version back, every answer naming its version, no error."""
+    from test_rollout import answer, answering, stop, wait_for
+    from test_server import PROTOCOLS, client, start
     base = tmp_path / "base"
     push(weaker, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
-    process, ports = start([*module_command("inference.server"), "--models", str(base), "--poll-seconds", "0.5"])
-    server = {"ports": ports}
+    process, ports = start([*module_command("inference.server"), "--models", str(base), "--poll-seconds", "0.5",
+                            "--require-release"])
+    server, answers, errors, done = {"ports": ports}, {protocol: [] for protocol in PROTOCOLS}, [], threading.Event()
+
+    def work(protocol: str):  # bounded: at most 3,000 answers or 180 s
+        triton, deadline = client(server, protocol), time.monotonic() + 180
+        while not done.is_set() and len(answers[protocol]) < 3000 and time.monotonic() < deadline:
+            try:
+                answers[protocol].append(answer(triton, protocol)[1])
+            except Exception as error:  # noqa: BLE001 - every failure is counted and shown
+                errors.append(repr(error))
+    threads = [threading.Thread(target=work, args=(protocol,), daemon=True) for protocol in PROTOCOLS]
     try:
         assert answering(server) == "1"
+        for thread in threads:
+            thread.start()
         push(bundle, "--to", base, "--test-data", idx_test_set, *LOW_FLOOR, check=0)
-        wait_for(lambda: answering(server) == "2", 60, "version 2 answering after the push")
+        wait_for(lambda: all(got[-1:] == ["2"] for got in answers.values()), 60, "answers from version 2")
         push("--rollback", base, check=0)
-        wait_for(lambda: answering(server) == "1", 60, "version 1 answering after the rollback")
+        wait_for(lambda: all(got[-1:] == ["1"] for got in answers.values()), 60, "answers from version 1 again")
     finally:
+        done.set()
+        for thread in threads:
+            thread.join(30)
         stop(process)
-    shutil.rmtree(base)
+    assert not errors, errors[:3]
+    for got in answers.values():  # version 1, then 2, then 1 again: each answer names the version that gave it
+        changes = [version for k, version in enumerate(got) if k == 0 or got[k - 1] != version]
+        assert changes == ["1", "2", "1"], changes
