@@ -30,13 +30,13 @@ def worker_log(logs: Path, index: int) -> Path:
     return logs.with_name(f"{logs.name}-worker-{index}.log")
 
 
-def start_workers(commands: list[list[str]], tf_configs: list[dict], logs: Path) -> list[subprocess.Popen]:
-    """One process per worker, each its command with its TF_CONFIG, output to logs-worker-<index>.log."""
+def start_workers(commands: list[list[str]], tf_configs: list[dict], logs: Path, **env) -> list[subprocess.Popen]:
+    """One process per worker, each its command with its TF_CONFIG (and `env`), output to logs-worker-<index>.log."""
     workers = []
     for index, (command, tf_config) in enumerate(zip(commands, tf_configs, strict=True)):
+        environment = {**os.environ, **env, "TF_CONFIG": json.dumps(tf_config)}
         with open(worker_log(logs, index), "w") as log:
-            workers.append(subprocess.Popen(command, cwd=ROOT, env={**os.environ, "TF_CONFIG": json.dumps(tf_config)},
-                                            stdout=log, stderr=subprocess.STDOUT))
+            workers.append(subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT))
     return workers
 
 
