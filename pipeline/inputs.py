@@ -68,7 +68,10 @@ class Arrays:
         the last, slowest-learning steps fit digits of the test set's own geometry.
 
         With an input_context (tf.distribute), each input pipeline takes its
-        own share of every epoch and batch_size is the per-replica size.
+        own share of every epoch and batch_size is the per-replica size. An
+        epoch then ends with its last full global batch, on every replica: the
+        replicas' batches left over (of a partial global batch) are dropped,
+        else they would open the next epoch, which a resumed run starts afresh.
         """
         def one_epoch(epoch):
             order = epoch_order(self.size, shuffle, seed, epoch)
@@ -87,6 +90,10 @@ class Arrays:
                 return images, labels
 
             batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+            if input_context is not None:
+                global_batches = self.size // (batch_size * input_context.num_replicas_in_sync)
+                replicas_here = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+                batches = batches.take(global_batches * replicas_here)
             return batches.enumerate().map(batch, num_parallel_calls=tf.data.AUTOTUNE)
 
         epochs = tf.data.Dataset.range(first_epoch, last_epoch + 1)

@@ -6,24 +6,20 @@ chief's last checkpointed epoch), both exit 0, and the chief's final weights equ
 two-worker run. The killed stage is the dropout network, so the resumed random state (each replica's own
 dropout masks) counts too. Quick settings: 320 training images, 10 steps an epoch, a few seconds a stage.
 """
-import io
 import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from mnist_cnn_progression.pipeline.rundir import run_lock
 from mnist_cnn_progression.pipeline.errors import PipelineError
+from pipeline_runs import checkpointed_epoch, final_weights, finish, free_ports, start_workers
 
 pytestmark = pytest.mark.slow  # every test here starts a cluster of worker processes
 
@@ -33,63 +29,18 @@ EPOCHS = 4
 SETTINGS = ["train_limit=320", "batch_size=32", "steps_per_call=5", f"epochs={EPOCHS}", "epochs.baseline=1"]
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def start(run_dir: Path | list, ports: list[int], logs: Path, stages=STAGES) -> list[subprocess.Popen]:
+def start(run_dir: Path | list, ports: list[int], logs: Path, stages=STAGES):
     """Both workers of one run, each with the same command line (unless given two run directories) and its TF_CONFIG."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    workers = []
-    for index, directory in enumerate(run_dir if isinstance(run_dir, list) else [run_dir] * 2):
+    commands = []
+    for directory in run_dir if isinstance(run_dir, list) else [run_dir] * 2:
         command = [sys.executable, str(ROOT / "run_pipeline.py"), "--preset", "quick", "--data", "sample",
                    "--run-dir", str(directory), "--stages", ",".join(stages)]
         for setting in SETTINGS:
             command += ["--set", setting]
-        env = {**os.environ,
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        with open(logs.with_name(f"{logs.name}-worker-{index}.log"), "w") as log:
-            workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-    return workers
-
-
-def finish(workers: list[subprocess.Popen], logs: Path, code: int = 0) -> list[str]:
-    try:
-        for worker in workers:
-            worker.wait(timeout=240)
-    finally:  # a worker left waiting on a collective must not outlive the test
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-    outputs = [logs.with_name(f"{logs.name}-worker-{index}.log").read_text() for index in range(2)]
-    assert [w.returncode for w in workers] == [code, code], "\n----\n".join(o[-4000:] for o in outputs)
-    return outputs
-
-
-def checkpointed_epoch(run_dir: Path, stage: str) -> int:
-    """The epoch of the chief's latest checkpoint of a stage (the CheckpointManager's state names ckpt-<n>)."""
-    states = list((run_dir / "checkpoints").glob(f"{stage}-*/checkpoint"))
-    if not states:
-        return 0
-    match = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', states[0].read_text())
-    return int(match.group(1)) if match else 0
-
-
-def final_weights(run_dir: Path, stage: str) -> dict:
-    """The arrays of a stage's model.keras by their path in its weights file (read without starting TensorFlow)."""
-    with zipfile.ZipFile(run_dir / "stages" / stage / "model.keras") as archive:
-        with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
-            arrays = {}
-            weights.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset)
-                               else None)
-    return arrays
+        commands.append(command)
+    return start_workers(commands, [{"cluster": cluster, "task": {"type": "worker", "index": index}}
+                                    for index in range(2)], logs)
 
 
 def test_two_workers_killed_mid_stage_resume_together_to_the_weights_of_an_uninterrupted_run(tmp_path):

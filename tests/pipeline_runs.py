@@ -1,0 +1,74 @@
+"""For the tests that run the pipeline's command as processes: a cluster of workers on 127.0.0.1, and what they
+read of the run directory without starting TensorFlow (the chief's latest checkpoint, a stage's final weights).
+"""
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import zipfile
+from pathlib import Path
+
+import h5py
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different ports of 127.0.0.1 that nothing listens on now (all bound at once, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def worker_log(logs: Path, index: int) -> Path:
+    return logs.with_name(f"{logs.name}-worker-{index}.log")
+
+
+def start_workers(commands: list[list[str]], tf_configs: list[dict], logs: Path, **env) -> list[subprocess.Popen]:
+    """One process per worker, each its command with its TF_CONFIG (and `env`), output to logs-worker-<index>.log."""
+    workers = []
+    for index, (command, tf_config) in enumerate(zip(commands, tf_configs, strict=True)):
+        environment = {**os.environ, **env, "TF_CONFIG": json.dumps(tf_config)}
+        with open(worker_log(logs, index), "w") as log:
+            workers.append(subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT))
+    return workers
+
+
+def finish(workers: list[subprocess.Popen], logs: Path, code: int = 0, timeout: float = 240) -> list[str]:
+    """Every worker's output, once all have exited with `code`; a worker still running after `timeout` is killed."""
+    try:
+        for worker in workers:
+            worker.wait(timeout=timeout)
+    finally:  # a worker left waiting on a collective must not outlive the test
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    outputs = [worker_log(logs, index).read_text() for index in range(len(workers))]
+    assert [w.returncode for w in workers] == [code] * len(workers), "\n----\n".join(o[-4000:] for o in outputs)
+    return outputs
+
+
+def checkpointed_epoch(run_dir: Path, stage: str) -> int:
+    """The epoch of the chief's latest checkpoint of a stage (the CheckpointManager's state names ckpt-<n>)."""
+    states = list((run_dir / "checkpoints").glob(f"{stage}-*/checkpoint"))
+    if not states:
+        return 0
+    match = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', states[0].read_text())
+    return int(match.group(1)) if match else 0
+
+
+def final_weights(run_dir: Path, stage: str) -> dict:
+    """The arrays of a stage's model.keras by their path in its weights file (read without starting TensorFlow)."""
+    with zipfile.ZipFile(run_dir / "stages" / stage / "model.keras") as archive:
+        with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+            arrays = {}
+            weights.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset)
+                               else None)
+    return arrays

@@ -1,0 +1,110 @@
+"""MirroredStrategy through a whole stage, as `auto` runs it on a machine with two GPUs.
+
+With no GPU here, tests/two_cpu_pipeline.py splits the CPU into two logical devices before TensorFlow starts
+and runs the pipeline's command in that process: `--set strategy=mirrored` then trains on two replicas, each
+taking half of every global batch, their gradients summed by an all-reduce. The same stage under the default
+strategy, on the same data and seed, is the reference. The quick preset on the bundled sample, a few seconds
+an epoch; 3,920 training images, so that each epoch's last 80 make no global batch of 128 but more than one
+replica's 64 (as full MNIST's 50,000 do at batch 128).
+"""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from mnist_cnn_progression.inference.contract import INPUT_NAME, as_images
+from pipeline_runs import ROOT, checkpointed_epoch, final_weights
+
+STAGE = "conv2_relu"
+EPOCHS = 8
+
+
+def command(run_dir: Path, strategy: str) -> list[str]:
+    return [sys.executable, str(ROOT / "tests" / "two_cpu_pipeline.py"), "--preset", "quick", "--data", "sample",
+            "--run-dir", str(run_dir), "--stages", STAGE, "--set", f"strategy={strategy}",
+            "--set", f"epochs={EPOCHS}", "--set", "train_limit=3920"]
+
+
+def run(run_dir: Path, strategy: str) -> str:
+    done = subprocess.run(command(run_dir, strategy), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def stage_entry(run_dir: Path) -> tuple[dict, dict]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary["environment"], summary["stages"][STAGE]
+
+
+def onnx_accuracy(run_dir: Path, entry: dict, split: str) -> float:
+    """The exported ONNX model's accuracy on a split of the run's prepared data (ONNX Runtime, no TensorFlow)."""
+    session = ort.InferenceSession(str(run_dir / entry["export"]["onnx"]), providers=["CPUExecutionProvider"])
+    images = as_images(np.load(run_dir / "data" / f"{split}_images.npy"))
+    probabilities = session.run(None, {INPUT_NAME: images})[0]
+    return float((probabilities.argmax(axis=1) == np.load(run_dir / "data" / f"{split}_labels.npy")).mean())
+
+
+def test_each_replica_ends_every_epoch_on_the_same_global_batch():
+    """Two replicas on one input pipeline share each global batch: 3,920 images make 30 batches of 128 an epoch,
+    so 60 of 64, not the 61 a pipeline of its own would make (the 61st would open the next epoch)."""
+    import tensorflow as tf
+
+    from mnist_cnn_progression.pipeline.inputs import Arrays
+    arrays = Arrays(np.zeros((3920, 28, 28), np.uint8), np.zeros(3920, np.int64))
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    epoch = arrays.training(64, 1, 1, shuffle=True, seed=0, input_context=context)
+    assert sum(1 for _ in epoch) == 60
+    two_workers = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=0, num_replicas_in_sync=4)
+    assert sum(1 for _ in arrays.training(32, 1, 1, shuffle=True, seed=0, input_context=two_workers)) == 60
+
+
+@pytest.mark.slow  # four runs of a stage, each a process of its own
+def test_a_stage_under_mirrored_strategy_matches_the_default_strategy_and_resumes_exactly(tmp_path):
+    run(tmp_path / "default", "default")
+    run(tmp_path / "mirrored", "mirrored")
+    environment, mirrored = stage_entry(tmp_path / "mirrored")
+    assert environment["strategy"] == "MirroredStrategy (2 replica(s))" and environment["device"] == "CPU"
+    _, default = stage_entry(tmp_path / "default")
+    assert default["test_accuracy"] > 0.85, default  # both learned ...
+    assert abs(mirrored["test_accuracy"] - default["test_accuracy"]) <= 0.005  # ... the same, within 0.5 pp
+
+    # Kept the best epoch's weights: the exported model scores the best validation accuracy, and the test
+    # accuracy the stage recorded (evaluation and export ran on the model trained under the strategy).
+    history = np.loadtxt(tmp_path / "mirrored" / "stages" / STAGE / "history.csv", delimiter=",", skiprows=1)
+    assert len(history) == EPOCHS and mirrored["val_accuracy"] == history[:, 2].max()
+    assert mirrored["best_epoch"] == max(int(epoch) for epoch, _, accuracy, _ in history
+                                         if accuracy == history[:, 2].max())
+    validation_images = len(np.load(tmp_path / "mirrored" / "data" / "validation_labels.npy"))
+    assert abs(onnx_accuracy(tmp_path / "mirrored", mirrored, "validation") - mirrored["val_accuracy"]) \
+        <= 1 / validation_images  # one near tie at most: ONNX Runtime matches Keras within 1e-5 per probability
+    assert onnx_accuracy(tmp_path / "mirrored", mirrored, "test") == pytest.approx(mirrored["test_accuracy"],
+                                                                                    abs=0.002)
+    assert mirrored["export"]["parity_max_abs_diff"] <= 1e-5
+
+    # Stopped (SIGKILL) after a checkpoint and started again with the same command: the weights of the whole run.
+    killed_dir = tmp_path / "killed"
+    first = subprocess.Popen(command(killed_dir, "mirrored"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and first.poll() is None and checkpointed_epoch(killed_dir, STAGE) < 2:
+            time.sleep(0.01)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_after = checkpointed_epoch(killed_dir, STAGE)
+    assert 2 <= killed_after < EPOCHS and not (killed_dir / "stages" / STAGE).exists()
+    output = run(killed_dir, "mirrored")
+    assert f"resuming after epoch {killed_after} of {EPOCHS}" in output, output[-3000:]
+    whole, resumed = final_weights(tmp_path / "mirrored", STAGE), final_weights(killed_dir, STAGE)
+    assert len(whole) == 8 and sorted(whole) == sorted(resumed)  # four layers, kernel and bias each
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], resumed[name], err_msg=name)
+    assert stage_entry(killed_dir)[1]["test_accuracy"] == mirrored["test_accuracy"]
