@@ -56,7 +56,7 @@ def build_bundle(member_onnx_paths: list[Path], out_dir: Path, *, calibration_im
         write_bytes(out_dir / fused, model.SerializeToString())
 
     test_images, test_labels = as_images(test_images), np.asarray(test_labels)
-    accuracy = {kind: evaluate(out_dir / fused, [out_dir / m for m in parts], test_images, test_labels)
+    accuracy = {kind: fused_test_accuracy(out_dir / fused, [out_dir / m for m in parts], test_images, test_labels)
                 for kind, fused, parts in (("float32", FUSED, members), ("int8", FUSED_INT8, int8_members))}
     files = [*members, *int8_members, Path(FUSED), Path(FUSED_INT8)]
     manifest = {
@@ -93,7 +93,7 @@ def quantize_members(out_dir: Path, members: list[Path], calibration_images: np.
     return quantized
 
 
-def evaluate(fused_path: Path, member_paths: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
+def fused_test_accuracy(fused_path: Path, member_paths: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
     """Test accuracy of the fused graph, after checking it against the members' vote through inference.vote."""
     fused = Ensemble([fused_path]).predict(images)
     mismatches = int((fused.classes != Ensemble(member_paths).predict(images).classes).sum())

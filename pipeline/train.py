@@ -136,20 +136,20 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     training = training_arrays(splits, data, train_limit)
     steps_per_epoch = full_batches(training.size, settings.batch_size)
     l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
-    progress = Progress.start(network, settings, strategy, steps_per_epoch, l2, start_weights,
+    state = TrainingState.start(network, settings, strategy, steps_per_epoch, l2, start_weights,
                               own_checkpoint_dir(checkpoint_dir, strategy))
-    history = progress.restore(checkpoint_dir)
-    resumed_from = agree_on_resume(strategy, progress.epochs_done, checkpoint_dir)
+    history = state.restore(checkpoint_dir)
+    resumed_from = agree_on_resume(strategy, state.epochs_done, checkpoint_dir)
     if resumed_from:
         log(f"  resuming after epoch {resumed_from} of {settings.epochs} "
-            f"(best so far {progress.best_val.numpy():.4f} at epoch {int(progress.best_epoch.numpy())})")
-    seconds_training = run_epochs(progress, training, splits, settings, strategy, steps_per_epoch, history,
+            f"(best so far {state.best_val.numpy():.4f} at epoch {int(state.best_epoch.numpy())})")
+    seconds_training = run_epochs(state, training, splits, settings, strategy, steps_per_epoch, history,
                                   log, tensorboard_dir, queued_after)
     sum_over_workers(strategy, [0])  # all workers' last checkpoints are written before the chief may remove them
-    model = progress.best_model(network, settings, l2, strategy)
+    model = state.best_model(network, settings, l2, strategy)
     ran = settings.epochs - resumed_from
-    return Trained(model=model, history=history, best_epoch=int(progress.best_epoch.numpy()),
-                   best_val_accuracy=float(progress.best_val.numpy()),
+    return Trained(model=model, history=history, best_epoch=int(state.best_epoch.numpy()),
+                   best_val_accuracy=float(state.best_val.numpy()),
                    images_per_second=ran * steps_per_epoch * settings.batch_size / seconds_training if ran else 0.0,
                    resumed_from_epoch=resumed_from)
 
@@ -178,7 +178,7 @@ def own_checkpoint_dir(checkpoint_dir: Path, strategy) -> Path:
 
 
 @dataclass
-class Progress:
+class TrainingState:
     """What a checkpoint holds: model, optimizer, the epochs done, and the best epoch so far with its weights."""
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
@@ -257,11 +257,11 @@ def agree_on_resume(strategy, resumed_from: int, checkpoint_dir: Path) -> int:
     return resumed_from
 
 
-def run_epochs(progress: Progress, training: inputs.Arrays, splits, settings: TrainSettings, strategy,
+def run_epochs(state: TrainingState, training: inputs.Arrays, splits, settings: TrainSettings, strategy,
                steps_per_epoch: int, history: list, log, tensorboard_dir: Path | None, queued_after: int) -> float:
     """The epoch loop from the first epoch not done: train, validate, keep the best, checkpoint; seconds training."""
-    model, first = progress.model, progress.epochs_done + 1
-    train_steps = make_train_steps(model, progress.optimizer, strategy, settings.batch_size)
+    model, first = state.model, state.epochs_done + 1
+    train_steps = make_train_steps(model, state.optimizer, strategy, settings.batch_size)
     correct_in, validation_batches = validation_counter(model, strategy, splits, settings.eval_batch_size)
     validation_size = len(splits.validation_labels)
 
@@ -288,18 +288,18 @@ def run_epochs(progress: Progress, training: inputs.Arrays, splits, settings: Tr
             done += steps
         seconds_training += time.perf_counter() - started
         val_accuracy = validation_accuracy()
-        progress.keep_if_best(epoch, val_accuracy)
+        state.keep_if_best(epoch, val_accuracy)
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch, "loss": round(loss_sum / steps_per_epoch, 6),
                         "val_accuracy": val_accuracy, "seconds": round(seconds, 3)})
-        progress.save(epoch, history)
+        state.save(epoch, history)
         if writer:
             with writer.as_default():
                 tf.summary.scalar("loss", history[-1]["loss"], step=epoch)
                 tf.summary.scalar("val_accuracy", val_accuracy, step=epoch)
         left = (settings.epochs - epoch + queued_after * settings.epochs) * seconds
         log(f"  epoch {epoch:3d}/{settings.epochs}  loss {history[-1]['loss']:.4f}  val {val_accuracy:.4f}  "
-            f"best {progress.best_val.numpy():.4f} (epoch {int(progress.best_epoch.numpy())})  {seconds:.1f}s  "
+            f"best {state.best_val.numpy():.4f} (epoch {int(state.best_epoch.numpy())})  {seconds:.1f}s  "
             f"~{minutes(left)} left")
     return seconds_training
 
