@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_cnn_progression.inference.contract import NUM_CLASSES, SCORING_BATCH
+from mnist_cnn_progression.inference.contract import in_scoring_batches
 from mnist_cnn_progression.inference.files import write_json
 from mnist_cnn_progression.models import Network
 from mnist_cnn_progression.models.networks import build_network
@@ -103,16 +103,15 @@ def make_train_steps(model, optimizer, strategy, global_batch: int):
     return train_steps
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = SCORING_BATCH) -> np.ndarray:
+def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """Probabilities [N, 10] for uint8 images [N, 28, 28], in inference mode (no dropout).
 
     Eager calls: at 1,000 images a call the kernels dominate, and a
     tf.function made per network would be traced anew for each (TensorFlow
     then warns of excessive retracing).
     """
-    out = [model(tf.constant(images[i:i + batch_size, ..., None], tf.float32) / 255.0, training=False).numpy()
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+    return in_scoring_batches(
+        lambda batch: model(tf.constant(batch[..., None], tf.float32) / 255.0, training=False).numpy(), images)
 
 
 def write_history_csv(path: Path, history: list) -> None:
