@@ -33,7 +33,7 @@ from mnist_cnn_progression.inference.files import staged_directory, write_json
 from mnist_cnn_progression.inference.run_layout import MODEL, RunLayout
 from mnist_cnn_progression.pipeline import config, expand, sources
 from mnist_cnn_progression.pipeline.rundir import clean_unfinished, digest_arrays, fingerprint, run_lock
-from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.errors import PipelineError, did_you_mean
 from mnist_cnn_progression.pipeline.progress import minutes
 from mnist_cnn_progression.pipeline.stages import NODE_BY_ID, NODES, STAGE_BY_ID, STEPS, Stage
 
@@ -54,8 +54,9 @@ def plan(requested: list[str]) -> list[str]:
     """The requested nodes plus everything they need (the table's `needs`), in the table's order."""
     unknown = [name for name in requested if name not in NODE_BY_ID]
     if unknown:
-        raise PipelineError(f"Unknown step or stage {', '.join(unknown)}: choose from "
-                            f"{', '.join(STEP_IDS + list(STAGE_BY_ID))}.")
+        choices = STEP_IDS + list(STAGE_BY_ID)
+        raise PipelineError(f"Unknown step or stage {', '.join(unknown)}: choose from {', '.join(choices)}."
+                            + did_you_mean(unknown, choices))
     needed, todo = set(), list(requested)
     while todo:
         node = todo.pop()

@@ -174,6 +174,25 @@ def test_a_mistake_fails_before_tensorflow_loads_and_leaves_nothing_behind(tmp_p
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("arguments, hint", [
+    (["--stages", "conv_relu"], "conv2_relu"), (["--set", "epoch=2"], "epochs"),
+    (["--set", "epochs.dropuot=8"], "dropout"), (["--set", "optimizer=adamm"], "adam"),
+])
+def test_a_typo_gets_the_choices_and_the_closest_one(tmp_path, arguments, hint):
+    result = subprocess.run([sys.executable, "-c", FAIL_FAST, "--run-dir", str(tmp_path / "run"), *arguments],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    choices, _, guess = result.stderr.strip().partition(" Did you mean ")
+    assert re.search(rf"\b{hint}\b", choices) and choices.endswith(".") and guess == f"{hint}?"
+
+
+def test_a_name_that_resembles_no_choice_gets_no_guess():
+    with pytest.raises(PipelineError) as raised:
+        plan(["conv1", "xyz"])
+    message = str(raised.value)
+    assert message.startswith("Unknown step or stage xyz: choose from") and "Did you mean" not in message
+
+
 # One epoch of 640 images everywhere, but 150 updates for the dropout network and the ensemble's members.
 TINY = ["--preset", "quick", "--set", "train_limit=640", "--set", "epochs=1", "--set", "batch_size=64",
         "--set", "min_steps.dropout=150", "--set", "min_steps.ensemble=150"]
