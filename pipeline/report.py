@@ -77,12 +77,12 @@ def stage_row(stage_id: str, stage: dict) -> tuple:
     best = ", ".join(cell(m.get("best_epoch")) for m in stage["members"]) if stage.get("members") else \
         cell(stage.get("best_epoch"))
     chained = f", then {stage['chain_epochs']} a member" if stage.get("chain_epochs") else ""
-    return (stage_id, stage.get("network", "–"), training_data(stage), cell(stage.get("epochs")) + chained, best,
+    return (stage_id, stage.get("network", "–"), data_cell(stage), cell(stage.get("epochs")) + chained, best,
             percent(stage.get("val_accuracy")), percent(test), percent(reference), points(test, reference),
             duration(stage.get("wall_seconds")))
 
 
-def training_data(stage: dict) -> str:
+def data_cell(stage: dict) -> str:
     """The Data cell: the stage's training set, and the share of it one epoch trained on when train_limit cut it."""
     data, used, count = stage.get("data", "–"), stage.get("images_per_epoch"), stage.get("training_set_images")
     if used is None or count is None:  # an entry from before the summary kept them

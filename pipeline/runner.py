@@ -349,7 +349,7 @@ class Runner:
         """The images of the stage's training set: the run's train split, or 5 times it expanded."""
         return self._data_info()["train"] * (len(expand.SHIFTS) if stage.data == "expanded" else 1)
 
-    def training_data(self, stage: Stage) -> str:
+    def trains_on(self, stage: Stage) -> str:
         """What one epoch of the stage trains on, as the log says it."""
         used, count = self.training_images(stage), self.training_set_images(stage)
         if used < count:
@@ -434,7 +434,7 @@ class Runner:
             return
         if entry.get("status") == "out of date":
             self.log(f"[{stage.id}] out of date ({entry['out_of_date']}): retraining")
-        self.log(f"[{stage.id}] {stage.network.describe()} on {self.training_data(stage)}, "
+        self.log(f"[{stage.id}] {stage.network.describe()} on {self.trains_on(stage)}, "
                  f"reference {stage.reference:.2%}")
         asked, epochs = config.for_stage(self.settings, "epochs", stage.id), self.train_settings(stage).epochs
         if asked != "reference" and epochs > asked:
