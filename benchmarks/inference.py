@@ -99,7 +99,7 @@ def untrained(scratch: Path):
         export_model(model, scratch / f"m{seed}", name=STAGE, metadata={"stage": STAGE}, images=images[:1000])
         networks.append(model)
         paths.append(scratch / f"m{seed}" / f"{STAGE}.onnx")
-    build_bundle(paths, scratch / "bundle", calibration_images=images[:2500], test_images=images[2500:],
+    build_bundle(paths, scratch / "bundle", calibration_images=images[:1000], test_images=images[2500:],
                  test_labels=labels[2500:], metadata={"stage": "ensemble", "note": "untrained, for timing"})
     return networks[0], networks, paths[0], scratch / "bundle", images, "untrained stage-6 networks"
 

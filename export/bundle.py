@@ -18,9 +18,6 @@ from mnist_cnn_progression.inference.contract import (CLASS_OUTPUT, INPUT_CONTRA
 from mnist_cnn_progression.inference.ensemble import Ensemble
 from mnist_cnn_progression.export.fuse import fuse
 
-# MinMax calibration keeps every intermediate tensor of every calibration batch
-# in memory, so it sees a fixed, evenly spread sample rather than all of them.
-CALIBRATION_SAMPLE = 1000
 CALIBRATION_BATCH = 100
 MEMBERS_DIR, INT8_MEMBERS_DIR = "members", "members_int8"
 FUSED, FUSED_INT8 = "ensemble.onnx", "ensemble_int8.onnx"
@@ -42,7 +39,9 @@ def build_bundle(member_onnx_paths: list[Path], out_dir: Path, *, calibration_im
     """Write the bundle into out_dir and return its manifest (paths relative to out_dir).
 
     calibration_images must come from the training set: the int8 ranges are
-    fitted on them and the test set stays unseen. Raises ExportError when the
+    fitted on all of them and the test set stays unseen. MinMax calibration
+    keeps every intermediate tensor of every calibration batch in memory: give
+    a thousand or so, not a whole training set. Raises ExportError when the
     fused graph predicts anything other than the vote of the separate members.
     """
     out_dir = Path(out_dir)
@@ -56,7 +55,7 @@ def build_bundle(member_onnx_paths: list[Path], out_dir: Path, *, calibration_im
         write_bytes(out_dir / fused, model.SerializeToString())
 
     test_images, test_labels = as_images(test_images), np.asarray(test_labels)
-    accuracy = {kind: evaluate(out_dir / fused, [out_dir / m for m in parts], test_images, test_labels)
+    accuracy = {kind: fused_test_accuracy(out_dir / fused, [out_dir / m for m in parts], test_images, test_labels)
                 for kind, fused, parts in (("float32", FUSED, members), ("int8", FUSED_INT8, int8_members))}
     files = [*members, *int8_members, Path(FUSED), Path(FUSED_INT8)]
     manifest = {
@@ -66,7 +65,7 @@ def build_bundle(member_onnx_paths: list[Path], out_dir: Path, *, calibration_im
         "members": [str(m) for m in members], "members_int8": [str(m) for m in int8_members],
         "ensemble": FUSED, "ensemble_int8": FUSED_INT8,
         "files": {str(f): {"sha256": sha256(out_dir / f), "bytes": (out_dir / f).stat().st_size} for f in files},
-        "calibration_images": min(CALIBRATION_SAMPLE, len(calibration_images)), "test_images": len(test_images),
+        "calibration_images": len(calibration_images), "test_images": len(test_images),
         "test_accuracy": {kind: result["accuracy"] for kind, result in accuracy.items()},
         "test_errors": {kind: result["errors"] for kind, result in accuracy.items()},
         "metadata": metadata,
@@ -76,9 +75,7 @@ def build_bundle(member_onnx_paths: list[Path], out_dir: Path, *, calibration_im
 
 
 def quantize_members(out_dir: Path, members: list[Path], calibration_images: np.ndarray) -> list[Path]:
-    """Static QDQ int8 (per-channel weights), calibrated on an even sample of the calibration images."""
-    sample = calibration_images[np.linspace(0, len(calibration_images) - 1,
-                                            min(CALIBRATION_SAMPLE, len(calibration_images))).astype(int)]
+    """Static QDQ int8 (per-channel weights), calibrated on the calibration images."""
     quantized = []
     with tempfile.TemporaryDirectory() as scratch:
         for member in members:
@@ -86,14 +83,15 @@ def quantize_members(out_dir: Path, members: list[Path], calibration_images: np.
             quant_pre_process(str(out_dir / member), str(prepared), skip_symbolic_shape=True)
             target = Path(INT8_MEMBERS_DIR) / member.name
             temporary = Path(scratch) / f"int8_{member.name}"
-            quantize_static(str(prepared), str(temporary), ImageBatches(sample), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            batches = ImageBatches(calibration_images)
+            quantize_static(str(prepared), str(temporary), batches, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
             copy_file(temporary, out_dir / target)
             quantized.append(target)
     return quantized
 
 
-def evaluate(fused_path: Path, member_paths: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
+def fused_test_accuracy(fused_path: Path, member_paths: list[Path], images: np.ndarray, labels: np.ndarray) -> dict:
     """Test accuracy of the fused graph, after checking it against the members' vote through inference.vote."""
     fused = Ensemble([fused_path]).predict(images)
     mismatches = int((fused.classes != Ensemble(member_paths).predict(images).classes).sum())

@@ -15,7 +15,7 @@ import tf2onnx
 from mnist_cnn_progression.export.metadata import ExportError, as_properties
 from mnist_cnn_progression.inference.files import sha256, staged_directory, write_bytes, write_json
 from mnist_cnn_progression.inference.contract import (IMAGE_SHAPE, INPUT_NAME, OPSET, OUTPUT_NAME, PREPROCESSING,
-                                                      SCORING_BATCH)
+                                                      in_scoring_batches)
 
 __all__ = ["ExportError", "export_model", "check_parity"]
 
@@ -50,13 +50,13 @@ def export_model(model, out_dir: Path, *, name: str, metadata: dict, images: np.
     write_bytes(out_dir / onnx_path, to_onnx(serving, metadata).SerializeToString())
 
     # Called eagerly: Keras's predict would build (and trace) a tf.function for every network exported.
-    expected = predict_in_batches(lambda batch: model(batch, training=False), images)
+    expected = in_scoring_batches(lambda batch: model(batch, training=False), images)
     onnx_session = ort.InferenceSession(str(out_dir / onnx_path), providers=["CPUExecutionProvider"])
     difference = check_parity(
-        expected, predict_in_batches(lambda batch: onnx_session.run(None, {INPUT_NAME: batch})[0], images),
+        expected, in_scoring_batches(lambda batch: onnx_session.run(None, {INPUT_NAME: batch})[0], images),
         f"The ONNX model of {name}")
     served = tf.saved_model.load(str(out_dir / savedmodel)).signatures["serving_default"]
-    check_parity(expected, predict_in_batches(
+    check_parity(expected, in_scoring_batches(
         lambda batch: served(**{INPUT_NAME: tf.constant(batch)})[OUTPUT_NAME].numpy(), images),
         f"The reloaded SavedModel of {name}")
 
@@ -82,11 +82,6 @@ def to_onnx(serving: Serving, metadata: dict) -> onnx.ModelProto:
     onnx.helper.set_model_props(model, {**as_properties(metadata), "opset": str(OPSET), "preprocessing": PREPROCESSING})
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def predict_in_batches(predict, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(predict(images[start:start + SCORING_BATCH]))
-                           for start in range(0, len(images), SCORING_BATCH)])
 
 
 def check_parity(expected: np.ndarray, actual: np.ndarray, what: str) -> float:

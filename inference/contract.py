@@ -35,3 +35,15 @@ def as_images(images) -> np.ndarray:
     images = np.asarray(images)
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     return (images.astype(np.float32) / scale).reshape(-1, *IMAGE_SHAPE)
+
+
+def in_scoring_batches(score, images: np.ndarray):
+    """score(batch) over a whole set, SCORING_BATCH images a call, the calls' outputs joined.
+
+    For a score that returns several outputs (a tuple or list), each is joined
+    on its own. The one loop for Keras, TensorFlow and ONNX Runtime alike.
+    """
+    parts = [score(images[start:start + SCORING_BATCH]) for start in range(0, len(images), SCORING_BATCH)]
+    if isinstance(parts[0], (tuple, list)):
+        return tuple(np.concatenate(outputs) for outputs in zip(*parts))
+    return np.concatenate([np.asarray(part) for part in parts])

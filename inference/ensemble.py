@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from mnist_cnn_progression.inference.contract import (CLASS_OUTPUT, IMAGE_SHAPE, INPUT_NAME, MEAN_OUTPUT, NUM_CLASSES,
-                                                      SCORING_BATCH, VOTES_OUTPUT)
+                                                      VOTES_OUTPUT, in_scoring_batches)
 from mnist_cnn_progression.inference.files import check_sha256
 from mnist_cnn_progression.inference.run_layout import RunLayout
 from mnist_cnn_progression.inference.vote import vote
@@ -171,8 +171,7 @@ class Ensemble:
         if not len(images):
             return Prediction(np.zeros(0, np.int64), np.zeros((0, NUM_CLASSES), np.int64),
                               np.zeros((0, NUM_CLASSES), np.float32))
-        parts = [self.run(images[start:start + SCORING_BATCH]) for start in range(0, len(images), SCORING_BATCH)]
-        classes, votes, mean = (np.concatenate(arrays) for arrays in zip(*parts))
+        classes, votes, mean = in_scoring_batches(self.run, images)
         if mode == "mean":
             classes = mean.argmax(axis=1)
         return Prediction(classes.astype(np.int64), votes.astype(np.int64), mean, image_ink(images))

@@ -272,7 +272,7 @@ def enlarged(small: np.ndarray, shape: tuple) -> np.ndarray:
     return cv2.resize(small, shape[1::-1], interpolation=cv2.INTER_LINEAR).reshape(*shape[:2], -1)
 
 
-def paper_light(rgb: np.ndarray, darker_ink: bool) -> np.ndarray:
+def paper_light(rgb: np.ndarray, ink_is_darker: bool) -> np.ndarray:
     """The paper's brightness under the light at every pixel, as if there were no ink: float32 [H, W, C].
 
     On a small copy (the light varies slowly), a closing (for dark ink; an
@@ -287,7 +287,7 @@ def paper_light(rgb: np.ndarray, darker_ink: bool) -> np.ndarray:
     pad = ((width, width), (width, width), (0, 0))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width, width))
     paper = cv2.morphologyEx(np.pad(small, pad, mode="reflect", reflect_type="odd"),
-                             cv2.MORPH_CLOSE if darker_ink else cv2.MORPH_OPEN, kernel)
+                             cv2.MORPH_CLOSE if ink_is_darker else cv2.MORPH_OPEN, kernel)
     return enlarged(paper.reshape(-1, paper.shape[1], small.shape[2])[width:-width, width:-width], rgb.shape)
 
 

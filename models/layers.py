@@ -12,10 +12,17 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from mnist_cnn_progression.models.specs import convolved_size
+
 
 def reference_kernel_init(n_out: float, seed=None):
     """Weights ~ N(0, sqrt(1 / n_out)), as network3.py draws them."""
     return keras.initializers.RandomNormal(stddev=math.sqrt(1.0 / n_out), seed=seed)
+
+
+def conv_fan_out(filters: int, kernel_size: int, pool_size: int) -> float:
+    """A convolution's n_out as network3.py counts it: filters x kernel area / pooling area."""
+    return filters * kernel_size ** 2 / pool_size ** 2
 
 
 def reference_bias_init(seed=None):
@@ -58,7 +65,7 @@ class ConvPool(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     def build(self, input_shape):
-        n_out = self.filters * self.kernel_size ** 2 / self.pool_size ** 2
+        n_out = conv_fan_out(self.filters, self.kernel_size, self.pool_size)
         kernel_init, bias_init = initializers(self.init, n_out, self.seed)
         self.kernel = self.add_weight(
             name="kernel", shape=(self.kernel_size, self.kernel_size, input_shape[-1], self.filters),
@@ -76,8 +83,7 @@ class ConvPool(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         def out(size):
-            size = size - self.kernel_size + 1 if self.padding == "valid" else size
-            return (size + self.strides - 1) // self.strides // self.pool_size
+            return convolved_size(size, self.kernel_size, self.strides, self.padding) // self.pool_size
         return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.filters)
 
     def get_config(self):

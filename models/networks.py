@@ -2,7 +2,7 @@
 import keras
 
 from mnist_cnn_progression.inference.contract import INPUT_NAME, OUTPUT_NAME
-from mnist_cnn_progression.models.layers import ConvPool, ReplicaDropout, initializers
+from mnist_cnn_progression.models.layers import ConvPool, ReplicaDropout, conv_fan_out, initializers
 from mnist_cnn_progression.models.specs import IMAGE_SHAPE, NUM_CLASSES, BNConv, Conv, Network
 
 
@@ -51,7 +51,7 @@ def bn_conv(spec: BNConv, activation: str, regularizer, seed: int, init: str) ->
     default would draw other weights every run); batch normalisation
     rescales whatever it starts as.
     """
-    n_out = spec.filters * spec.kernel_size ** 2 / spec.pool_size ** 2
+    n_out = conv_fan_out(spec.filters, spec.kernel_size, spec.pool_size)
     kernel_init, _ = initializers(init, n_out, seed)  # no bias: batch normalisation's shift replaces it
     layers = [keras.layers.Conv2D(spec.filters, spec.kernel_size, padding=spec.padding, use_bias=False,
                                   kernel_initializer=kernel_init, kernel_regularizer=regularizer),

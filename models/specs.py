@@ -4,6 +4,11 @@ from dataclasses import dataclass
 from mnist_cnn_progression.inference.contract import IMAGE_SHAPE, NUM_CLASSES  # the specs' input and output
 
 
+def convolved_size(size: int, kernel_size: int, strides: int = 1, padding: str = "valid") -> int:
+    """The side of a convolution's output, before pooling, as Keras computes it for "valid" or "same" padding."""
+    return (size - kernel_size) // strides + 1 if padding == "valid" else -(-size // strides)
+
+
 @dataclass(frozen=True)
 class Conv:
     filters: int
@@ -14,8 +19,7 @@ class Conv:
     padding: str = "valid"
 
     def convolved(self, size: int) -> int:
-        """The side of the convolution's output, before pooling."""
-        return (size - self.kernel_size) // self.strides + 1 if self.padding == "valid" else -(-size // self.strides)
+        return convolved_size(size, self.kernel_size, self.strides, self.padding)
 
     def describe(self) -> str:
         return f"conv{self.filters}" + ("-l2pool" if self.pooling == "l2" else "")
@@ -35,7 +39,7 @@ class BNConv:
     pool_size: int = 1
 
     def convolved(self, size: int) -> int:
-        return size - self.kernel_size + 1 if self.padding == "valid" else size
+        return convolved_size(size, self.kernel_size, padding=self.padding)
 
     def describe(self) -> str:
         shape = f"{self.kernel_size}x{self.kernel_size}" + (" same" if self.padding == "same" else "")

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
             strategy = strategies.choose("multi_worker")
         runner = Runner(args.run_dir, args.preset, settings, args.data, force=args.force,
                         log=lambda text: print(text, flush=True), strategy=strategy)
-        runner.run(requested)
+        summary = runner.run(requested)
         if args.push_to is not None and runner.task is None:  # the chief alone, once every worker is done
             print(push_run(args), flush=True)
     except PipelineError as error:
@@ -94,7 +94,9 @@ def main(argv=None) -> int:
         print("interrupted: a rerun with the same arguments resumes from the last finished epoch",
               file=sys.stderr)
         return 130
-    print(f"done in {time.perf_counter() - started:.0f}s; summary: {RunLayout(args.run_dir).summary}")
+    warning = summary.get("data", {}).get("warning")  # said once at the top of a long log: said again at its end
+    print(f"done in {time.perf_counter() - started:.0f}s; summary: {RunLayout(args.run_dir).summary}"
+          + (f"; WARNING: {warning}" if warning else ""))
     return 0
 
 

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 
 from mnist_cnn_progression.inference.contract import SCORING_BATCH
-from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.errors import PipelineError, did_you_mean
 from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID, STAGES
 
 RELU_STAGES = [stage.id for stage in STAGES if stage.network.activation == "relu"]
@@ -86,16 +86,19 @@ def parse_value(text: str, current):
 def resolve(preset: str, overrides: list[str]) -> dict:
     """The preset named, with each 'key=value' or 'key.stage=value' override applied."""
     if preset not in PRESETS:
-        raise PipelineError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+        raise PipelineError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}."
+                            + did_you_mean([preset], PRESETS))
     settings = copy.deepcopy(PRESETS[preset])
     for item in overrides:
         key, sep, text = item.partition("=")
         name, _, stage = key.strip().partition(".")
         if not sep or name not in settings:
-            raise PipelineError(f"--set {item!r}: expected key=value with key one of {', '.join(settings)}.")
+            raise PipelineError(f"--set {item!r}: expected key=value with key one of {', '.join(settings)}."
+                                + did_you_mean([name], settings))
         current = settings[name]
         if stage and stage not in STAGE_BY_ID:
-            raise PipelineError(f"--set {item!r}: there is no stage {stage!r}; stages are {', '.join(STAGE_BY_ID)}.")
+            raise PipelineError(f"--set {item!r}: there is no stage {stage!r}; stages are {', '.join(STAGE_BY_ID)}."
+                                + did_you_mean([stage], STAGE_BY_ID))
         if stage:
             table = current if isinstance(current, dict) else {"default": current}
             example = table.get(stage, table.get("default"))
@@ -109,8 +112,10 @@ def resolve(preset: str, overrides: list[str]) -> dict:
                 raise PipelineError(f"--set {item!r}: {error}.") from None
         allowed = CHOICES.get(name)
         values = settings[name].values() if isinstance(settings[name], dict) else [settings[name]]
-        if allowed and any(value not in allowed for value in values):
-            raise PipelineError(f"--set {item!r}: {name} is one of {', '.join(allowed)}.")
+        wrong = [value for value in values if allowed and value not in allowed]
+        if wrong:
+            raise PipelineError(f"--set {item!r}: {name} is one of {', '.join(allowed)}."
+                                + did_you_mean(wrong, allowed))
         if name in COUNTS and any(not isinstance(value, int) or value < 0 for value in values):
             raise PipelineError(f"--set {item!r}: {name} is a whole number of 0 or more.")
     return settings

@@ -34,6 +34,7 @@ from mnist_cnn_progression.pipeline.stages import Stage
 from mnist_cnn_progression.pipeline.strategy import is_chief, is_default
 from mnist_cnn_progression.pipeline.train import Trained, TrainSettings, predict, train, write_history_csv
 
+# The int8 bundle is calibrated on the first 1,000 training images (export.bundle: not all, for memory).
 CALIBRATION_IMAGES = 1000
 
 
@@ -60,6 +61,11 @@ class StageJob:
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=-1) == labels).mean())
+
+
+def calibration_images(splits: Splits) -> np.ndarray:
+    """The training images the bundle's int8 ranges are fitted on, as the networks take them."""
+    return as_images(splits.train_images[:CALIBRATION_IMAGES])
 
 
 def train_member(job: StageJob, checkpoint_dir: Path, member: int = 0, log=None, queued_after: int = 0,
@@ -263,7 +269,7 @@ def run_ensemble(job: StageJob) -> dict:
         with bundle_directory(job, tmp) as bundle:
             entry["bundle"] = build_bundle(
                 [tmp / layout.EXPORT / f"member_{k}" / Path(e["onnx"]).name for k, e in enumerate(exports)], bundle,
-                calibration_images=as_images(splits.train_images[:CALIBRATION_IMAGES]),
+                calibration_images=calibration_images(splits),
                 test_images=as_images(splits.test_images), test_labels=splits.test_labels,
                 metadata={"stage": stage.id, "network": entry["network"], "reference_accuracy": stage.reference,
                           "keras_vote_accuracy": entry["test_accuracy"], "data": job.data})

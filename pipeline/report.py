@@ -77,9 +77,17 @@ def stage_row(stage_id: str, stage: dict) -> tuple:
     best = ", ".join(cell(m.get("best_epoch")) for m in stage["members"]) if stage.get("members") else \
         cell(stage.get("best_epoch"))
     chained = f", then {stage['chain_epochs']} a member" if stage.get("chain_epochs") else ""
-    return (stage_id, stage.get("network", "–"), stage.get("data", "–"), cell(stage.get("epochs")) + chained, best,
+    return (stage_id, stage.get("network", "–"), data_cell(stage), cell(stage.get("epochs")) + chained, best,
             percent(stage.get("val_accuracy")), percent(test), percent(reference), points(test, reference),
             duration(stage.get("wall_seconds")))
+
+
+def data_cell(stage: dict) -> str:
+    """The Data cell: the stage's training set, and the share of it one epoch trained on when train_limit cut it."""
+    data, used, count = stage.get("data", "–"), stage.get("images_per_epoch"), stage.get("training_set_images")
+    if used is None or count is None:  # an entry from before the summary kept them
+        return data
+    return f"{data}, first {thousands(used)} of {thousands(count)}" if used < count else f"{data}, {thousands(count)}"
 
 
 def thousands(value) -> str:
@@ -99,7 +107,7 @@ class _Report:
         self.layout = RunLayout(run_dir)
         self.stages = summary.get("stages", {})
         self.done = [i for i in stage_order(self.stages) if self.stages[i].get("status") == "done"]
-        self.failed = [i for i in self.done if self.stages[i].get("warning")]
+        self.warned = [i for i in self.done if self.stages[i].get("warning")]
         self.beyond = [i for i in self.done if i in BEYOND_SEED]
         self.blocks = []
         self.info = {"images": [], "filters_stage": None, "gallery_stage": None, "skipped": [], "combined_chart": []}
@@ -128,14 +136,14 @@ class _Report:
         self.environment()
 
     def banners(self):
-        """Each warning once: the data's, the preset's, and one per stage that did not learn."""
+        """Each warning once: the data's, the preset's, and one per stage warned of (pipeline.runner.stage_warning)."""
         data, preset = self.summary.get("data", {}), self.summary.get("preset")
         if data.get("warning"):
             self.add("banner", data["warning"])
         if preset not in REFERENCE_PRESETS:
             self.add("banner", f"Preset {preset!r}: the reference networks and data, trained with other "
                                "hyperparameters than the reference (see the settings below).")
-        for stage_id in self.failed:
+        for stage_id in self.warned:
             self.add("banner", f"Stage {stage_id}: {self.stages[stage_id]['warning']}")
 
     def stage_table(self):
@@ -225,11 +233,12 @@ class _Report:
             histories[stage_id] = self.histories(stage_id)
             if not histories[stage_id]:
                 self.skip(f"Curves of {stage_id}", "no history file")
-        singles = {i: runs[0][1] for i, runs in histories.items()
-                   if runs and not self.stages[i].get("members") and i not in self.failed}
-        if self.failed:
-            self.add("note", f"Left out of the combined chart, which they would squash: {', '.join(self.failed)} "
+        singles = {i: runs[0][1] for i, runs in histories.items() if runs and not self.stages[i].get("members")}
+        left_out = [i for i in singles if i in self.warned]
+        if left_out:
+            self.add("note", f"Left out of the combined chart, which they would squash: {', '.join(left_out)} "
                              "(see the warning above and their own curves).")
+            singles = {i: history for i, history in singles.items() if i not in left_out}
         self.info["combined_chart"] = list(singles)
         if singles:
             fig = Figure(figsize=(9, 5))

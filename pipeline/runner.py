@@ -34,7 +34,7 @@ from mnist_cnn_progression.inference.releases import test_digest
 from mnist_cnn_progression.inference.run_layout import MODEL, RunLayout
 from mnist_cnn_progression.pipeline import config, expand, sources
 from mnist_cnn_progression.pipeline.rundir import clean_unfinished, fingerprint, run_lock
-from mnist_cnn_progression.pipeline.errors import PipelineError
+from mnist_cnn_progression.pipeline.errors import PipelineError, did_you_mean
 from mnist_cnn_progression.pipeline.progress import minutes
 from mnist_cnn_progression.pipeline.stages import NODE_BY_ID, NODES, STAGE_BY_ID, STEPS, Stage
 
@@ -57,8 +57,9 @@ def plan(requested: list[str]) -> list[str]:
     """The requested nodes plus everything they need (the table's `needs`), in the table's order."""
     unknown = [name for name in requested if name not in NODE_BY_ID]
     if unknown:
-        raise PipelineError(f"Unknown step or stage {', '.join(unknown)}: choose from "
-                            f"{', '.join(STEP_IDS + list(STAGE_BY_ID))}.")
+        choices = STEP_IDS + list(STAGE_BY_ID)
+        raise PipelineError(f"Unknown step or stage {', '.join(unknown)}: choose from {', '.join(choices)}."
+                            + did_you_mean(unknown, choices))
     needed, todo = set(), list(requested)
     while todo:
         node = todo.pop()
@@ -100,13 +101,21 @@ def best_epochs(entry: dict) -> str:
     return f"best epoch {entry.get('best_epoch')}"
 
 
-def learning_warning(accuracy: float, reference: float, sample: bool) -> str | None:
-    """A sentence for a stage that did not really learn: under 50%, or (on full MNIST) 10 pp under its reference."""
+def stage_warning(entry: dict, sample: bool) -> str | None:
+    """A sentence for a stage that did not really learn (under 50%, or on full MNIST 10 pp under its reference),
+    or for a vote that scores below its own best member."""
+    accuracy, reference = entry["test_accuracy"], entry["reference_accuracy"]
     if accuracy < 0.5:
         return (f"test accuracy {accuracy:.2%} is near chance: the network did not learn; "
                 f"give it more updates (epochs, min_steps) or another learning rate.")
     if not sample and accuracy < reference - 0.10:
         return f"test accuracy {accuracy:.2%} is more than 10 points under the reference {reference:.2%}."
+    best = max(entry.get("members") or [], key=lambda member: member["test_accuracy"], default=None)
+    if best and accuracy < best["test_accuracy"]:
+        return (f"the vote's test accuracy {accuracy:.2%} is below that of its best member, "
+                f"{best['test_accuracy']:.2%} (seed {best['seed']}): the weaker members outvote it; a vote "
+                f"gains only when its members are strong and differ in their mistakes (train them longer, or on more "
+                f"images).")
     return None
 
 
@@ -344,9 +353,20 @@ class Runner:
         return int(config.for_stage(self.settings, "chain_epochs", stage.id)) if stage.members > 1 else 0
 
     def training_images(self, stage: Stage) -> int:
-        """How many images one epoch of the stage trains on."""
-        count = self._data_info()["train"] * (len(expand.SHIFTS) if stage.data == "expanded" else 1)
+        """How many images one epoch of the stage trains on: the first train_limit of its set, when that is set."""
+        count = self.training_set_images(stage)
         return min(count, self.settings["train_limit"] or count)
+
+    def training_set_images(self, stage: Stage) -> int:
+        """The images of the stage's training set: the run's train split, or 5 times it expanded."""
+        return self._data_info()["train"] * (len(expand.SHIFTS) if stage.data == "expanded" else 1)
+
+    def trains_on(self, stage: Stage) -> str:
+        """What one epoch of the stage trains on, as the log says it."""
+        used, count = self.training_images(stage), self.training_set_images(stage)
+        if used < count:
+            return f"the first {used:,} of {count:,} {stage.data} images (train_limit {self.settings['train_limit']})"
+        return f"{count:,} {stage.data} images"
 
     def _member_zero_source(self, stage: Stage) -> Path | None:
         """stage.member_zero_from's directory when its network counts as the stage's member 0: same exact recipe."""
@@ -426,7 +446,7 @@ class Runner:
             return
         if entry.get("status") == "out of date":
             self.log(f"[{stage.id}] out of date ({entry['out_of_date']}): retraining")
-        self.log(f"[{stage.id}] {stage.network.describe()} on {stage.data} data, "
+        self.log(f"[{stage.id}] {stage.network.describe()} on {self.trains_on(stage)}, "
                  f"reference {stage.reference:.2%}")
         asked, epochs = config.for_stage(self.settings, "epochs", stage.id), self.train_settings(stage).epochs
         if asked != "reference" and epochs > asked:
@@ -436,10 +456,11 @@ class Runner:
         started = time.perf_counter()
         entry = self._execute(stage, output, node_fingerprint)
         entry.update(wall_seconds=round(time.perf_counter() - started, 1), status="done",
-                     trained_images=self.trained_images(stage))
+                     trained_images=self.trained_images(stage), images_per_epoch=self.training_images(stage),
+                     training_set_images=self.training_set_images(stage))
         self._trained_work += self.training_work(stage)
         self._trained_seconds += entry["wall_seconds"]
-        entry["warning"] = learning_warning(entry["test_accuracy"], stage.reference, self._data_info().get("sample"))
+        entry["warning"] = stage_warning(entry, self._data_info().get("sample"))
         if entry["warning"]:
             self.log(f"WARNING: [{stage.id}] {entry['warning']}")
         self.summary.setdefault("stages", {})[stage.id] = entry

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mnist_cnn_progression.inference.contract import NUM_CLASSES, SCORING_BATCH
+from mnist_cnn_progression.inference.contract import in_scoring_batches
 from mnist_cnn_progression.inference.files import write_json
 from mnist_cnn_progression.models import Network
 from mnist_cnn_progression.models.networks import build_network
@@ -103,16 +103,15 @@ def make_train_steps(model, optimizer, strategy, global_batch: int):
     return train_steps
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int = SCORING_BATCH) -> np.ndarray:
+def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """Probabilities [N, 10] for uint8 images [N, 28, 28], in inference mode (no dropout).
 
     Eager calls: at 1,000 images a call the kernels dominate, and a
     tf.function made per network would be traced anew for each (TensorFlow
     then warns of excessive retracing).
     """
-    out = [model(tf.constant(images[i:i + batch_size, ..., None], tf.float32) / 255.0, training=False).numpy()
-           for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+    return in_scoring_batches(
+        lambda batch: model(tf.constant(batch[..., None], tf.float32) / 255.0, training=False).numpy(), images)
 
 
 def write_history_csv(path: Path, history: list) -> None:
@@ -136,20 +135,20 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     training = training_arrays(splits, data, train_limit)
     steps_per_epoch = full_batches(training.size, settings.batch_size)
     l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
-    progress = Progress.start(network, settings, strategy, steps_per_epoch, l2, start_weights,
+    state = TrainingState.start(network, settings, strategy, steps_per_epoch, l2, start_weights,
                               own_checkpoint_dir(checkpoint_dir, strategy))
-    history = progress.restore(checkpoint_dir)
-    resumed_from = agree_on_resume(strategy, progress.epochs_done, checkpoint_dir)
+    history = state.restore(checkpoint_dir)
+    resumed_from = agree_on_resume(strategy, state.epochs_done, checkpoint_dir)
     if resumed_from:
         log(f"  resuming after epoch {resumed_from} of {settings.epochs} "
-            f"(best so far {progress.best_val.numpy():.4f} at epoch {int(progress.best_epoch.numpy())})")
-    seconds_training = run_epochs(progress, training, splits, settings, strategy, steps_per_epoch, history,
+            f"(best so far {state.best_val.numpy():.4f} at epoch {int(state.best_epoch.numpy())})")
+    seconds_training = run_epochs(state, training, splits, settings, strategy, steps_per_epoch, history,
                                   log, tensorboard_dir, queued_after)
     sum_over_workers(strategy, [0])  # all workers' last checkpoints are written before the chief may remove them
-    model = progress.best_model(network, settings, l2, strategy)
+    model = state.best_model(network, settings, l2, strategy)
     ran = settings.epochs - resumed_from
-    return Trained(model=model, history=history, best_epoch=int(progress.best_epoch.numpy()),
-                   best_val_accuracy=float(progress.best_val.numpy()),
+    return Trained(model=model, history=history, best_epoch=int(state.best_epoch.numpy()),
+                   best_val_accuracy=float(state.best_val.numpy()),
                    images_per_second=ran * steps_per_epoch * settings.batch_size / seconds_training if ran else 0.0,
                    resumed_from_epoch=resumed_from)
 
@@ -178,7 +177,7 @@ def own_checkpoint_dir(checkpoint_dir: Path, strategy) -> Path:
 
 
 @dataclass
-class Progress:
+class TrainingState:
     """What a checkpoint holds: model, optimizer, the epochs done, and the best epoch so far with its weights."""
     model: keras.Model
     optimizer: keras.optimizers.Optimizer
@@ -257,11 +256,11 @@ def agree_on_resume(strategy, resumed_from: int, checkpoint_dir: Path) -> int:
     return resumed_from
 
 
-def run_epochs(progress: Progress, training: inputs.Arrays, splits, settings: TrainSettings, strategy,
+def run_epochs(state: TrainingState, training: inputs.Arrays, splits, settings: TrainSettings, strategy,
                steps_per_epoch: int, history: list, log, tensorboard_dir: Path | None, queued_after: int) -> float:
     """The epoch loop from the first epoch not done: train, validate, keep the best, checkpoint; seconds training."""
-    model, first = progress.model, progress.epochs_done + 1
-    train_steps = make_train_steps(model, progress.optimizer, strategy, settings.batch_size)
+    model, first = state.model, state.epochs_done + 1
+    train_steps = make_train_steps(model, state.optimizer, strategy, settings.batch_size)
     correct_in, validation_batches = validation_counter(model, strategy, splits, settings.eval_batch_size)
     validation_size = len(splits.validation_labels)
 
@@ -288,18 +287,18 @@ def run_epochs(progress: Progress, training: inputs.Arrays, splits, settings: Tr
             done += steps
         seconds_training += time.perf_counter() - started
         val_accuracy = validation_accuracy()
-        progress.keep_if_best(epoch, val_accuracy)
+        state.keep_if_best(epoch, val_accuracy)
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch, "loss": round(loss_sum / steps_per_epoch, 6),
                         "val_accuracy": val_accuracy, "seconds": round(seconds, 3)})
-        progress.save(epoch, history)
+        state.save(epoch, history)
         if writer:
             with writer.as_default():
                 tf.summary.scalar("loss", history[-1]["loss"], step=epoch)
                 tf.summary.scalar("val_accuracy", val_accuracy, step=epoch)
         left = (settings.epochs - epoch + queued_after * settings.epochs) * seconds
         log(f"  epoch {epoch:3d}/{settings.epochs}  loss {history[-1]['loss']:.4f}  val {val_accuracy:.4f}  "
-            f"best {progress.best_val.numpy():.4f} (epoch {int(progress.best_epoch.numpy())})  {seconds:.1f}s  "
+            f"best {state.best_val.numpy():.4f} (epoch {int(state.best_epoch.numpy())})  {seconds:.1f}s  "
             f"~{minutes(left)} left")
     return seconds_training
 

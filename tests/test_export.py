@@ -1,7 +1,9 @@
 """export.tf_export: both artifacts, their parity with Keras, and a SavedModel read back in a fresh process."""
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -110,3 +112,21 @@ def test_replacing_a_directory_never_loses_the_old_one_when_the_new_one_cannot_g
     with pytest.raises(OSError, match="no room"):
         files.replace_dir(tmp_path / "newer", old)
     assert (old / "manifest.json").read_text() == "new"
+
+
+
+def test_the_int8_calibration_sees_the_same_1000_training_images_as_before(bundle, tmp_path, monkeypatch):
+    """The bundle once took an 'even sample' of 1,000 of the 1,000 images the stage gave it, which changed
+    nothing: with the sampling gone, ONNX Runtime's calibrator must still see exactly those images."""
+    from mnist_cnn_progression.export import bundle as bundles
+    from mnist_cnn_progression.pipeline.modelstage import calibration_images
+    from mnist_cnn_progression.pipeline.sources import from_sample
+    splits = from_sample()
+    given = calibration_images(splits)
+    before = given[np.linspace(0, len(given) - 1, min(1000, len(given))).astype(int)]  # the sampling that went
+    seen, batches = [], bundles.ImageBatches
+    monkeypatch.setattr(bundles, "ImageBatches", lambda images: seen.append(images) or batches(images))
+    shutil.copytree(bundle / "members", tmp_path / "members")
+    bundles.quantize_members(tmp_path, [Path("members/member_0.onnx")], given)
+    assert len(seen) == 1 and len(before) == 1000 and np.array_equal(seen[0], before)
+    assert np.array_equal(before, splits.train_images[:1000, ..., None] / np.float32(255))  # the first 1,000

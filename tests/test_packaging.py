@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import EDITABLE_INSTALL, FOLDERS, files_unlike_the_installed, package_files
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "mnist_cnn_progression"
 BASE, TRAINING = "mnist-cnn-progression-inference", "mnist-cnn-progression"
@@ -27,9 +29,7 @@ FOLDER_NAMES = {*TRAINING_FOLDERS, "inference", "run_pipeline"}  # what the code
 
 def source_modules(folder: str) -> set[str]:
     """Every module and page file of a source folder, as the wheel should name it."""
-    files = [p for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in {".py", ".html"}
-             and not {"build", "__pycache__"} & set(p.relative_to(ROOT).parts)]
-    return {f"{PACKAGE}/{p.relative_to(ROOT).as_posix()}" for p in files}
+    return {f"{PACKAGE}/{folder}/{name}" for name in package_files(ROOT / folder)}
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +153,42 @@ def test_the_run_records_the_commit_written_at_build_time_else_the_checkouts(tmp
     assert runner.source_commit() == "not from a git checkout"  # no file, and tmp_path is no checkout
     runner.SOURCE_COMMIT.write_text("0123abc\n")
     assert runner.environment()["git_commit"] == "0123abc"
+
+
+def test_a_checkout_unlike_the_installed_package_is_told_by_its_files_contents_not_their_paths(tmp_path):
+    """A plain install of the same files (CI's) is the checkout; an edited, a new or a deleted file is not."""
+    checkout, installed = tmp_path / "checkout", tmp_path / "site-packages" / PACKAGE
+    for root, compiled in ((checkout, b"one"), (installed, b"another")):
+        (root / "pipeline" / "__pycache__").mkdir(parents=True)
+        (root / "pipeline" / "runner.py").write_text("RUN = 1\n")
+        (root / "pipeline" / "cli.py").write_text("CLI = 1\n")
+        (root / "pipeline" / "__pycache__" / "cli.cpython-311.pyc").write_bytes(compiled)  # never compared
+    folders = {"pipeline": installed / "pipeline"}
+    assert files_unlike_the_installed(checkout, folders) == []
+    (checkout / "pipeline" / "runner.py").write_text("RUN = 2\n")
+    (checkout / "pipeline" / "stages.py").write_text("")
+    (checkout / "pipeline" / "cli.py").unlink()
+    changed = ["pipeline/cli.py", "pipeline/runner.py", "pipeline/stages.py"]
+    assert files_unlike_the_installed(checkout, folders) == changed
+    assert files_unlike_the_installed(checkout, {"pipeline": None}) == ["pipeline/runner.py", "pipeline/stages.py"]
+
+
+def test_the_tests_of_an_edited_checkout_stop_at_once_with_the_command_that_installs_it(tmp_path):
+    """A copy of this checkout runs its tests against the package installed here; once edited, it is stopped."""
+    copy = tmp_path / "checkout"
+    for folder in FOLDERS:
+        shutil.copytree(ROOT / folder, copy / folder, ignore=BUILD_LEFTOVERS)
+    shutil.copy(ROOT / "setup.cfg", copy)
+    (copy / "tests").mkdir()
+    shutil.copy(ROOT / "tests" / "conftest.py", copy / "tests")
+    (copy / "tests" / "test_one.py").write_text("def test_one():\n    pass\n")
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_one.py"]
+    same = subprocess.run(command, cwd=copy, capture_output=True, text=True)
+    assert same.returncode == 0 and "1 passed" in same.stdout, same.stdout + same.stderr
+    with open(copy / "pipeline" / "runner.py", "a") as source:
+        source.write("# an edit the installed package does not have\n")
+    edited = subprocess.run(command, cwd=copy, capture_output=True, text=True)
+    said = edited.stdout + edited.stderr
+    assert edited.returncode == pytest.ExitCode.USAGE_ERROR and "passed" not in said, said
+    assert f"({copy}): pipeline/runner.py is not the same there. Install the checkout editable, then rerun: " \
+           f"{EDITABLE_INSTALL}" in said

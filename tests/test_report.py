@@ -67,7 +67,7 @@ def test_every_number_in_the_stage_table_equals_the_summary(full):
     assert [row["Stage"] for row in rows] == ["baseline", "conv1", "conv2_relu", "ensemble"]
     for row in rows:
         stage = stages[row["Stage"]]
-        assert row["Network"] == stage["network"] and row["Data"] == stage["data"]
+        assert row["Network"] == stage["network"] and row["Data"] == f"{stage['data']}, {stage['training_set_images']}"
         best = [m["best_epoch"] for m in stage["members"]] if "members" in stage else [stage["best_epoch"]]
         chain = f", then {stage['chain_epochs']} a member" if stage.get("chain_epochs") else ""
         assert row["Epochs"] == f"{stage['epochs']}{chain}" and list(map(int, row["Best epoch"].split(", "))) == best
@@ -139,6 +139,14 @@ def test_a_stage_at_chance_is_called_out_and_left_out_of_the_combined_chart(tmp_
     assert info["combined_chart"] == ["baseline", "conv1"]
     assert "Left out of the combined chart, which they would squash: conv2" in markdown
     assert "curves_conv2.png" in info["images"]
+
+
+def test_the_data_column_says_how_much_of_its_set_each_stage_trained_on_under_train_limit(tmp_path):
+    """train_limit 40 cuts the expanded set (150 images here) but not the train split (30)."""
+    run_dir = make_run(tmp_path, stages=("baseline", "expanded"), save_models=False, train_limit=40)
+    write_report(run_dir)
+    rows = markdown_table((run_dir / "report" / "report.md").read_text(), "## Stages")
+    assert [row["Data"] for row in rows] == ["train, 30", "expanded, first 40 of 150"]
 
 
 def test_deploy_section_and_settings_table(full):

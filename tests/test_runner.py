@@ -16,9 +16,11 @@ import pytest
 from mnist_cnn_progression.pipeline import cli
 from mnist_cnn_progression.pipeline import config
 from mnist_cnn_progression.pipeline.errors import PipelineError
-from mnist_cnn_progression.pipeline.runner import plan
+from mnist_cnn_progression.pipeline.runner import Runner, plan
+from mnist_cnn_progression.pipeline.sources import SAMPLE_WARNING
 from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 from conftest import module_command
+from tests.report_fixtures import markdown_table
 from tests.test_sources import SHARED_MNIST, make_mirror, needs_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +176,86 @@ def test_a_mistake_fails_before_tensorflow_loads_and_leaves_nothing_behind(tmp_p
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("arguments, hint", [
+    (["--stages", "conv_relu"], "conv2_relu"), (["--set", "epoch=2"], "epochs"),
+    (["--set", "epochs.dropuot=8"], "dropout"), (["--set", "optimizer=adamm"], "adam"),
+])
+def test_a_typo_gets_the_choices_and_the_closest_one(tmp_path, arguments, hint):
+    result = subprocess.run([sys.executable, "-c", FAIL_FAST, "--run-dir", str(tmp_path / "run"), *arguments],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    choices, _, guess = result.stderr.strip().partition(" Did you mean ")
+    assert re.search(rf"\b{hint}\b", choices) and choices.endswith(".") and guess == f"{hint}?"
+
+
+def test_a_name_that_resembles_no_choice_gets_no_guess():
+    with pytest.raises(PipelineError) as raised:
+        plan(["conv1", "xyz"])
+    message = str(raised.value)
+    assert message.startswith("Unknown step or stage xyz: choose from") and "Did you mean" not in message
+
+
+VOTE, MEMBERS = 0.9762, (0.9794, 0.9770, 0.9701, 0.9688, 0.9650)  # a quick run's vote, below its best member
+
+
+def canned_stage(runner, stage, output, node_fingerprint) -> dict:
+    """What a stage hands the runner, without its training: a network at 98%, or a vote below its best member."""
+    entry = {"network": stage.network.describe(), "data": stage.data, "epochs": 1, "best_epoch": 1,
+             "val_accuracy": 0.98, "test_accuracy": 0.98, "reference_accuracy": stage.reference}
+    if stage.members > 1:
+        entry.update(best_epoch=None, test_accuracy=VOTE, members=[
+            {"seed": 1000 * k, "epochs": 1, "best_epoch": 1, "val_accuracy": 0.98, "test_accuracy": accuracy}
+            for k, accuracy in enumerate(MEMBERS)])
+    return entry
+
+
+@pytest.fixture(scope="module")
+def untrained_quick_run(tmp_path_factory):
+    """The command with the quick preset on the sample, train_limit 1,000, and every stage's training replaced
+    by canned_stage: (run directory, its log). The log, summary.json and report are the command's own."""
+    run_dir = tmp_path_factory.mktemp("untrained_quick_run")
+    log = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        patch.setattr(Runner, "_execute", canned_stage)
+        code = cli.main(["--preset", "quick", "--data", "sample", "--set", "train_limit=1000", "--run-dir",
+                         str(run_dir), "--stages", "conv1,ensemble,report"])
+    assert code == 0, log.getvalue()
+    return run_dir, log.getvalue()
+
+
+def test_each_stage_says_what_it_trains_on_when_train_limit_cuts_its_set(untrained_quick_run):
+    """The sample's 4,000 training images, 20,000 expanded: the quick preset's train_limit (here 1,000) cuts both."""
+    run_dir, log = untrained_quick_run
+    assert "[conv1] conv20-fc100-softmax (sigmoid) on the first 1,000 of 4,000 train images (train_limit 1000)" in log
+    assert "[dropout] conv20-conv40-fc1000-fc1000-softmax (relu, dropout 0.5) on the first 1,000 of 20,000 " \
+           "expanded images (train_limit 1000)" in log
+    stages = json.loads((run_dir / "summary.json").read_text())["stages"]
+    assert [(stages[i]["images_per_epoch"], stages[i]["training_set_images"]) for i in ("conv1", "dropout")] == [
+        (1000, 4000), (1000, 20_000)]
+    rows = markdown_table((run_dir / "report" / "report.md").read_text(), "## Stages")
+    assert {row["Stage"]: row["Data"] for row in rows} == {
+        "conv1": "train, first 1,000 of 4,000", "dropout": "expanded, first 1,000 of 20,000",
+        "ensemble": "expanded, first 1,000 of 20,000"}
+
+
+def test_a_vote_below_its_best_member_is_warned_of_as_a_stage_that_did_not_learn(untrained_quick_run):
+    run_dir, log = untrained_quick_run
+    said = "the vote's test accuracy 97.62% is below that of its best member, 97.94% (seed 0)"
+    assert f"WARNING: [ensemble] {said}" in log
+    assert json.loads((run_dir / "summary.json").read_text())["stages"]["ensemble"]["warning"].startswith(said)
+    report = (run_dir / "report" / "report.md").read_text()
+    assert f"> **⚠ Stage ensemble: {said}" in report and "Left out of the combined chart" not in report
+    assert "Stage conv1:" not in report and "Stage dropout:" not in report
+
+
+def test_the_sample_warning_is_said_again_in_the_last_line(untrained_quick_run):
+    """Said once at the top of a long log, the sample's warning ends it too."""
+    _, log = untrained_quick_run
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("done in ") and last.endswith(f"; WARNING: {SAMPLE_WARNING}")
+    assert log.count(SAMPLE_WARNING) == 2
+
+
 # One epoch of 640 images everywhere, but 150 updates for the dropout network and the ensemble's members.
 TINY = ["--preset", "quick", "--set", "train_limit=640", "--set", "epochs=1", "--set", "batch_size=64",
         "--set", "min_steps.dropout=150", "--set", "min_steps.ensemble=150"]
@@ -217,8 +299,12 @@ def test_every_stage_end_to_end_on_small_data_then_a_changed_setting_redoes_only
             f"before it") in sample_run[1]  # chain_epochs 1, raised by min_steps as the dropout stage's epochs are
     assert summary["stages"]["ensemble"]["trained_images"] == 4 * summary["stages"]["dropout"]["trained_images"]
     # Real digits: the networks that got 150 updates learn; the sigmoid ones that got 10 sit at chance, flagged.
-    assert summary["stages"]["ensemble"]["test_accuracy"] > 0.7 and not summary["stages"]["ensemble"]["warning"]
+    ensemble = summary["stages"]["ensemble"]
+    assert ensemble["test_accuracy"] > 0.7  # and warned of only when its vote is below its best member
+    assert bool(ensemble["warning"]) == (ensemble["test_accuracy"] < max(m["test_accuracy"] for m in members))
     assert "near chance" in summary["stages"]["conv2"]["warning"]
+    assert "[conv1] conv20-fc100-softmax (sigmoid) on the first 640 of 4,000 train images (train_limit 640)" \
+        in sample_run[1] and summary["stages"]["conv1"]["images_per_epoch"] == 640
     assert (tmp_path / "stages" / "conv1" / "model.keras").exists()
     assert (tmp_path / summary["stages"]["conv1"]["export"]["onnx"]).exists()
     assert (tmp_path / "bundle" / "ensemble.onnx").exists() and (tmp_path / "report" / "report.html").exists()
@@ -305,7 +391,7 @@ def test_the_command_log_is_quiet_and_follows_the_whole_run(tmp_path):
     assert result.returncode == 0, log
     for noise in [marker.decode() for marker in NOISE] + ["retracing", "Traceback", "best epoch None"]:
         assert noise not in log
-    assert log.count("Trained on the 5,000-digit sample") == 1
+    assert log.count("Trained on the 5,000-digit sample") == 2  # at the top, and again in the last line
     assert "[run] stage 1 of 2 (dropout); " in log and "time left known after the first stage" in log
     assert re.search(r"\[run\] stage 2 of 2 \(ensemble\); \d+ s so far, ~\d+(\.\d)? (s|min) left", log), log
     assert re.search(r"\[ensemble\] test accuracy 0\.\d{4} \(reference 0\.9967, members' best epochs( \d+,){4} \d+\)",
