@@ -10,7 +10,8 @@ sentence mnist-predict prints) and OUT/manifest.json (the counts), in input
 order. Every image found is in one of the two files: images = predictions + errors.
 A progress line on stderr (files done of all, their rate, the time left) is
 rewritten about once a second on a terminal, and printed for every tenth of
-the files otherwise. Ray's own lines go to its session's log files, not stderr.
+the files otherwise. Ray's own lines go to its session's logs, not stderr
+(this command's in /tmp/ray/session_latest/logs/mnist-batch-PID.err, locally).
 
 OUT is built beside itself under a temporary name and moved into place
 whole, so a rerun replaces the previous output instead of adding to it, and an
@@ -118,9 +119,11 @@ def ray_session(address: str | None) -> Iterator[TextIO]:
 
     Ray writes to the driver's stderr beyond what its options turn off: a WARNING that it chose token authentication,
     each error line of its C++ core worker (its python-core-driver log has them too), Ray Data's notices (its
-    ray-data.log too). They are Ray's business, not the user's: file descriptor 2 is a temporary file while Ray
-    starts (shown if it cannot), then mnist-batch-PID.err among the session's logs, which gets the first lines too.
-    The real stderr is back before an exception leaves.
+    ray-data.log too). The core worker's error, that an actor's constructor arguments are in the object store, is
+    about Ray Data's own arguments to every actor pool, which the driver holds while the run lasts: a worker that
+    dies is restarted (tests/test_batch.py kills one). They are Ray's business, not the user's: file descriptor 2 is
+    a temporary file while Ray starts (shown if it cannot), then mnist-batch-PID.err among the session's logs,
+    which gets the first lines too. The real stderr is back before an exception leaves.
     """
     sys.stderr.flush()
     terminal = os.dup(2)
