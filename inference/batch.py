@@ -8,6 +8,10 @@ streams the results into OUT/predictions.parquet (path, class, votes,
 probabilities, confidence, warning), OUT/errors.parquet (path, error: the
 sentence mnist-predict prints) and OUT/manifest.json (the counts), in input
 order. Every image found is in one of the two files: images = predictions + errors.
+A progress line on stderr (files done of all, their rate, the time left) is
+rewritten about once a second on a terminal, and printed for every tenth of
+the files otherwise. Ray's own lines go to its session's logs, not stderr
+(this command's in /tmp/ray/session_latest/logs/mnist-batch-PID.err, locally).
 
 OUT is built beside itself under a temporary name and moved into place
 whole, so a rerun replaces the previous output instead of adding to it, and an
@@ -25,10 +29,14 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,8 +52,11 @@ PREDICTIONS = pa.schema([("path", pa.string()), ("class", pa.int64()), ("votes",
                          ("probabilities", pa.list_(pa.float32())), ("confidence", pa.float32()),
                          ("warning", pa.string())])
 ERRORS = pa.schema([("path", pa.string()), ("error", pa.string())])
-# What a worker sends back: both kinds of record in one table (error is null for a prediction) and who made it.
-WORKER_OUTPUT = pa.schema([*PREDICTIONS, ("error", pa.string()), ("worker", pa.string())])
+# What a worker sends back: both kinds of record in one table (error is null for a prediction), the file each
+# record comes from (for the progress line) and who made it.
+WORKER_OUTPUT = pa.schema([*PREDICTIONS, ("error", pa.string()), ("file", pa.string()), ("worker", pa.string())])
+PROGRESS_SECONDS = 1.0  # on a terminal, the progress line is rewritten this often
+PROGRESS_STEPS = 10     # elsewhere (a log file), a progress line for every tenth of the files: eleven lines in all
 
 
 class Classifier:
@@ -57,8 +68,9 @@ class Classifier:
         self.worker = f"{ray.get_runtime_context().get_node_id()[:12]}/{os.getpid()}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        decoded = [record for file in batch.column("file").to_pylist() for record in decoded_file(file)]
-        rows = [{**record, "worker": self.worker} for record in records(decoded, self.ensemble, "vote")]
+        decoded = [(file, pair) for file in batch.column("file").to_pylist() for pair in decoded_file(file)]
+        classified = records([pair for _, pair in decoded], self.ensemble, "vote")  # one ensemble call, same order
+        rows = [{**record, "file": file, "worker": self.worker} for (file, _), record in zip(decoded, classified)]
         return pa.Table.from_pylist(rows, schema=WORKER_OUTPUT)
 
 
@@ -79,8 +91,11 @@ def input_files(source: str) -> list[str]:
     return [file for match in matches for file in (input_files(match) if Path(match).is_dir() else [match])]
 
 
-def connect(address: str | None):
-    """Ray: the cluster at address (or RAY_ADDRESS), else a local one on this machine's CPUs, quiet."""
+def connect(address: str | None) -> Path:
+    """Ray: the cluster at address (or RAY_ADDRESS), else a local one on this machine's CPUs, quiet.
+
+    Returns the directory of the Ray session's log files on this machine.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report sent anywhere
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -89,13 +104,97 @@ def connect(address: str | None):
         address = "local"
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    session = ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="warning",
+                       ignore_reinit_error=True)  # a Ray already started in this process is used as it is
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    return ray
+    return Path(session.address_info["session_dir"]) / "logs"
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[TextIO]:
+    """Ray connected (connect), this process's stderr kept among its logs while it runs; yields the real stderr.
+
+    Ray writes to the driver's stderr beyond what its options turn off: a WARNING that it chose token authentication,
+    each error line of its C++ core worker (its python-core-driver log has them too), Ray Data's notices (its
+    ray-data.log too). The core worker's error, that an actor's constructor arguments are in the object store, is
+    about Ray Data's own arguments to every actor pool, which the driver holds while the run lasts: a worker that
+    dies is restarted (tests/test_batch.py kills one). They are Ray's business, not the user's: file descriptor 2 is
+    a temporary file while Ray starts (shown if it cannot), then mnist-batch-PID.err among the session's logs,
+    which gets the first lines too. The real stderr is back before an exception leaves.
+    """
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as starting:
+            os.dup2(starting.fileno(), 2)
+            try:
+                logs = connect(address)
+            except BaseException:
+                sys.stderr.flush()
+                starting.seek(0)
+                os.write(terminal, starting.read())
+                raise
+            sys.stderr.flush()
+            with open(logs / f"mnist-batch-{os.getpid()}.err", "ab") as log:
+                os.dup2(log.fileno(), 2)
+                starting.seek(0)
+                shutil.copyfileobj(starting, log)
+        with os.fdopen(os.dup(terminal), "w") as stream:
+            yield stream
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+
+
+def duration(seconds: float) -> str:
+    """A time span for a person: 42 s, 17 min, 3.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+class Progress:
+    """The progress line: files done of all, files per second and the time left.
+
+    On a terminal it is rewritten in place about once a second; anywhere else (a log file, a pipe) a line is printed
+    for every tenth of the files, so that a run over millions of files still writes eleven lines.
+    """
+
+    def __init__(self, files: list[str], stream: TextIO):
+        self.position = {file: index for index, file in enumerate(files)}
+        self.total, self.stream, self.live = len(files), stream, stream.isatty()
+        self.started = self.shown = time.perf_counter()
+        self.step = 0  # the tenths of the files already reported, off a terminal
+
+    def done_up_to(self, file: str) -> None:
+        """Every file up to this one is classified (the results come in input order): report it, if it is time to."""
+        done, now = self.position[file] + 1, time.perf_counter()
+        if self.live:
+            if now - self.shown < PROGRESS_SECONDS:
+                return
+            self.shown = now
+        elif done * PROGRESS_STEPS // self.total <= self.step or done == self.total:
+            return  # the last line is finish's
+        self.step = done * PROGRESS_STEPS // self.total
+        rate = done / (now - self.started)
+        self.write(done, rate, f"about {duration((self.total - done) / rate)} left")
+
+    def finish(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.write(self.total, self.total / elapsed, f"done in {duration(elapsed)}", last=True)
+
+    def write(self, done: int, rate: float, end: str, last: bool = False) -> None:
+        line = f"mnist-batch: {done:,} of {self.total:,} files ({done / self.total:.0%}), {rate:,.0f} files/s, {end}"
+        if self.live:  # back to the line's start and clear it; a new line only after the last one
+            line = f"\r\033[K{line}" + ("\n" if last else "")
+        else:
+            line += "\n"
+        self.stream.write(line)
+        self.stream.flush()
 
 
 def classify_files(files: list[str], models: Path, output: Path, *, address: str | None = None,
@@ -104,28 +203,44 @@ def classify_files(files: list[str], models: Path, output: Path, *, address: str
 
     Returns the manifest written last into output.
     """
-    ray = connect(address)
-    started = time.perf_counter()
-    workers = workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    dataset = ray.data.from_items([{"file": file} for file in files]).map_batches(
-        Classifier, fn_constructor_kwargs={"models": str(models)}, batch_size=FILES_PER_BATCH,
-        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
-    by_worker = Counter()
-    with staged_directory(output) as partial:  # moved into place whole, or removed
-        with pq.ParquetWriter(partial / "predictions.parquet", PREDICTIONS) as predictions, \
-                pq.ParquetWriter(partial / "errors.parquet", ERRORS) as errors:
-            for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-                by_worker.update(table.column("worker").to_pylist())
-                failed = table.column("error").is_valid()
-                predictions.write_table(table.filter(pc.invert(failed)).select(PREDICTIONS.names))
-                errors.write_table(table.filter(failed).select(ERRORS.names))
-        counts = {name: pq.read_metadata(partial / f"{name}.parquet").num_rows for name in ("predictions", "errors")}
-        manifest = {"files": len(files), "images": sum(counts.values()), **counts, "models": str(models),
-                    "engine": f"ray {ray.__version__}", "address": address or os.environ.get("RAY_ADDRESS") or "local",
-                    "workers": [{"worker": worker, "images": images} for worker, images in sorted(by_worker.items())],
-                    "seconds": round(time.perf_counter() - started, 3)}
-        write_json(partial / "manifest.json", manifest)
+    with ray_session(address) as terminal:
+        import ray
+        started = time.perf_counter()
+        workers = workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)
+        dataset = ray.data.from_items([{"file": file} for file in files]).map_batches(
+            Classifier, fn_constructor_kwargs={"models": str(models)}, batch_size=FILES_PER_BATCH,
+            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1)
+        with staged_directory(output) as partial:  # moved into place whole, or removed
+            by_worker = write_results(dataset, partial, Progress(files, terminal))
+            counts = {name: pq.read_metadata(partial / f"{name}.parquet").num_rows
+                      for name in ("predictions", "errors")}
+            manifest = {"files": len(files), "images": sum(counts.values()), **counts, "models": str(models),
+                        "engine": f"ray {ray.__version__}",
+                        "address": address or os.environ.get("RAY_ADDRESS") or "local",
+                        "workers": [{"worker": worker, "images": images}
+                                    for worker, images in sorted(by_worker.items())],
+                        "seconds": round(time.perf_counter() - started, 3)}
+            write_json(partial / "manifest.json", manifest)
     return manifest
+
+
+def write_results(dataset, directory: Path, progress: Progress) -> Counter:
+    """The workers' tables, as they come (in input order), into directory's predictions.parquet and errors.parquet.
+
+    Returns the images each worker classified.
+    """
+    by_worker = Counter()
+    with pq.ParquetWriter(directory / "predictions.parquet", PREDICTIONS) as predictions, \
+            pq.ParquetWriter(directory / "errors.parquet", ERRORS) as errors:
+        for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            by_worker.update(table.column("worker").to_pylist())
+            failed = table.column("error").is_valid()
+            predictions.write_table(table.filter(pc.invert(failed)).select(PREDICTIONS.names))
+            errors.write_table(table.filter(failed).select(ERRORS.names))
+            if table.num_rows:
+                progress.done_up_to(table.column("file")[-1].as_py())
+    progress.finish()
+    return by_worker
 
 
 def main(argv: list[str] | None = None) -> int:

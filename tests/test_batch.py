@@ -1,10 +1,14 @@
 """mnist-batch: a real Ray Data pipeline over 2,000 files, on the local runner and on a two-node cluster on loopback."""
+import io
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +19,10 @@ from PIL import Image
 
 pytest.importorskip("ray", reason="the batch extra (ray[data]) is not installed")
 
-from mnist_cnn_progression.inference.batch import classify_files, input_files, main  # noqa: E402
+import psutil  # noqa: E402 - Ray's dependency
+
+from mnist_cnn_progression.inference import batch  # noqa: E402
+from mnist_cnn_progression.inference.batch import Progress, classify_files, input_files, main  # noqa: E402
 from mnist_cnn_progression.inference.predict import classify  # noqa: E402
 from conftest import free_port, module_command  # noqa: E402
 
@@ -117,6 +124,96 @@ def test_a_rerun_replaces_the_output_and_an_interrupted_run_leaves_the_finished_
     assert [p.name for p in output.parent.iterdir() if p != output and output.name in p.name] == []  # nor a partial
     monkeypatch.undo()
     assert classify_files(files[:100], bundle, output)["files"] == 100
+
+
+
+PROGRESS = re.compile(r"mnist-batch: ([\d,]+) of 2,000 files \(\d+%\), [\d,]+ files/s, (about .+ left|done in .+)")
+
+
+@pytest.fixture
+def ray_tmpdir():
+    """A directory of Ray's own for one run of the command (RAY_TMPDIR), short enough for its sockets' paths."""
+    directory = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def start_command(inputs: Path, bundle: Path, output: Path, ray_tmpdir: Path) -> subprocess.Popen:
+    """`mnist-batch` on a local Ray, as a user starts it, its stderr a pipe (not a terminal)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    return subprocess.Popen([*module_command("inference.batch"), "--input", str(inputs), "--output", str(output),
+                             "--models", str(bundle)], env={**env, "RAY_TMPDIR": str(ray_tmpdir)}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_only_progress(stderr: str) -> None:
+    """stderr holds progress lines, a line per tenth of the files at most, the last one the whole count; no Ray line."""
+    lines = stderr.splitlines()
+    assert all(PROGRESS.fullmatch(line) for line in lines), stderr[-3000:]
+    assert 2 <= len(lines) <= 11 and lines[-1].startswith("mnist-batch: 2,000 of 2,000 files (100%)")
+    counts = [int(PROGRESS.fullmatch(line)[1].replace(",", "")) for line in lines]
+    assert counts == sorted(set(counts))
+
+
+def test_the_command_prints_its_progress_and_leaves_ray_lines_in_ray_logs(inputs, bundle, tmp_path, ray_tmpdir):
+    run = start_command(inputs[0], bundle, tmp_path / "out", ray_tmpdir)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1 and json.loads(stdout)["images"] == PICTURES + 10 + 5 + len(BAD), stderr[-3000:]
+    assert_only_progress(stderr)  # none of the lines Ray printed there: its token-auth WARNING, its core_worker error,
+    # "Progress bars disabled", "Dataset ... execution finished"
+    logs = ray_tmpdir / "ray" / "session_latest" / "logs"
+    kept = (logs / f"mnist-batch-{run.pid}.err").read_text()
+    for ray_line in ("Token authentication is enabled", "core_worker", "Progress bars disabled"):
+        assert ray_line in kept  # Ray's lines, in Ray's logs
+
+
+def test_a_worker_killed_mid_run_is_restarted_and_none_of_its_files_is_lost(inputs, bundle, tmp_path, ray_tmpdir):
+    """Ray Data hands its actors their constructor arguments through the object store, which Ray's core worker
+    reports as an error because a restart would fail if they were gone. The driver holds them while the run lasts:
+    a worker killed halfway is restarted and its batch done again."""
+    run = start_command(inputs[0], bundle, tmp_path / "out", ray_tmpdir)
+    stderr = [run.stderr.readline()]  # the first tenth of the files is done: every worker is at work
+    assert PROGRESS.fullmatch(stderr[0].strip()), stderr[0] + run.stderr.read()[-3000:]
+    workers = [child for child in psutil.Process(run.pid).children(recursive=True)
+               if "Classifier" in " ".join(child.cmdline())]
+    assert workers
+    workers[0].kill()
+    stdout, rest = run.communicate(timeout=300)
+    assert run.returncode == 1, rest[-3000:]
+    assert_only_progress("".join(stderr) + rest)
+    predictions, errors, manifest = read(tmp_path / "out")
+    expected = classify([inputs[0]], bundle)
+    assert {row["path"]: row["class"] for row in predictions} == {
+        record["path"]: record["class"] for record in expected if "error" not in record}  # every image, classified
+    assert len(errors) == len(BAD)
+    pids = {int(worker["worker"].split("/")[1]) for worker in manifest["workers"]}
+    assert pids - {worker.pid for worker in workers}  # the restarted worker took its share
+
+
+
+def test_on_a_terminal_the_progress_line_is_rewritten_in_place_and_ends_with_the_count():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    terminal, files = Terminal(), [f"{k}.png" for k in range(100)]
+    progress = Progress(files, terminal)
+    for file in files:
+        progress.done_up_to(file)
+    progress.finish()
+    lines = terminal.getvalue().split("\r\033[K")
+    assert lines[0] == "" and terminal.getvalue().count("\n") == 1
+    assert re.fullmatch(r"mnist-batch: 100 of 100 files \(100%\), [\d,]+ files/s, done in \d+ s\n", lines[-1])
+
+
+def test_when_ray_cannot_start_its_lines_reach_stderr_and_stderr_is_restored(monkeypatch, capfd):
+    def failing_start(address):
+        os.write(2, b"Ray: cannot reach the cluster\n")
+        raise ConnectionError("no cluster")
+    monkeypatch.setattr(batch, "connect", failing_start)
+    with pytest.raises(ConnectionError):
+        classify_files(["a.png"], Path("bundle"), Path("out"), address="127.0.0.1:1")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "Ray: cannot reach the cluster\nafter\n"
 
 
 
