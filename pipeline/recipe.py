@@ -2,15 +2,16 @@
 
 The fingerprint decides whether a finished stage is redone: it covers the
 stage's row (Stage.recipe), every network's settings, the data and the
-training limit; a setting added later enters it only when set (chain_epochs),
-so that the run directories made before it are not retrained.
+training limit; a setting added later enters it only when it differs from
+what came before (chain_epochs when set, precision when not float32), so that
+the run directories made before it are not retrained.
 No TensorFlow here: the runner plans with it before any stage trains.
 """
-import dataclasses
 from dataclasses import dataclass
 
 from mnist_cnn_progression.pipeline import config, expand
-from mnist_cnn_progression.pipeline.config import TrainSettings
+from mnist_cnn_progression.pipeline.config import TrainSettings, as_record
+from mnist_cnn_progression.pipeline.precision import Precision
 from mnist_cnn_progression.pipeline.rundir import fingerprint
 from mnist_cnn_progression.pipeline.stages import Stage
 
@@ -32,9 +33,10 @@ class Recipe:
     train_limit: int
     data: str                            # the prepared data's digest
     expanded: str | None                 # the expand step's fingerprint, for a stage on the expanded set
+    precision: Precision                 # the policy its networks train under (in their settings), and why
 
     def fingerprint(self) -> str:
-        recipe = {"stage": self.stage.recipe(), "settings": [dataclasses.asdict(s) for s in self.settings],
+        recipe = {"stage": self.stage.recipe(), "settings": [as_record(s) for s in self.settings],
                   "data": self.data, "expanded": self.expanded, "train_limit": self.train_limit}
         if self.chain_epochs:  # only then: the fingerprints of every other stage stay what they were
             recipe["chain_epochs"] = self.chain_epochs
@@ -49,19 +51,20 @@ class Recipe:
         return self.images_seen(first_member) * (self.stage.network.multiply_accumulates() + PER_IMAGE_OVERHEAD)
 
 
-def resolve(stage: Stage, settings: dict, data_info: dict, expanded: str | None) -> Recipe:
-    """The stage's recipe from the run's settings (config) and what the download and expand steps recorded."""
+def resolve(stage: Stage, settings: dict, data_info: dict, expanded: str | None, precision: Precision) -> Recipe:
+    """The stage's recipe from the run's settings (config), what the data steps recorded and its precision."""
     value = lambda key: config.for_stage(settings, key, stage.id)
     count = data_info["train"] * (len(expand.SHIFTS) if stage.data == "expanded" else 1)
     epoch_images = min(count, settings["train_limit"] or count)
     chain = int(value("chain_epochs")) if stage.members > 1 else 0
-    return Recipe(stage=stage, settings=tuple(member_settings(stage, value, k, epoch_images, chain)
+    return Recipe(stage=stage, settings=tuple(member_settings(stage, value, k, epoch_images, chain, precision.policy)
                                               for k in range(stage.members)),
                   epoch_images=epoch_images, chain_epochs=chain, train_limit=settings["train_limit"],
-                  data=data_info["digest"], expanded=expanded if stage.data == "expanded" else None)
+                  data=data_info["digest"], expanded=expanded if stage.data == "expanded" else None,
+                  precision=precision)
 
 
-def member_settings(stage: Stage, value, member: int, epoch_images: int, chain: int) -> TrainSettings:
+def member_settings(stage: Stage, value, member: int, epoch_images: int, chain: int, policy: str) -> TrainSettings:
     """One network's settings; member k of a voting stage is seeded MEMBER_SEED_STRIDE x k apart.
 
     A chained member (k > 0, chain_epochs) trains chain_epochs epochs on from
@@ -81,4 +84,4 @@ def member_settings(stage: Stage, value, member: int, epoch_images: int, chain: 
         max_rotation=float(value("max_rotation")), max_zoom=float(value("max_zoom")),
         shift_only_last_epochs=int(value("shift_only_last_epochs")),
         steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + MEMBER_SEED_STRIDE * member,
-        init=value("init"))
+        init=value("init"), precision=policy)

@@ -20,7 +20,6 @@ the runner records. TensorFlow's modules (strategy, modelstage) are imported
 where first used: the argument check and a run that only prepares data never
 load TensorFlow.
 """
-import dataclasses
 import importlib.metadata
 import json
 import os
@@ -31,11 +30,12 @@ from pathlib import Path
 
 from mnist_cnn_progression.inference.files import write_json
 from mnist_cnn_progression.inference.run_layout import MODEL, RunLayout
-from mnist_cnn_progression.pipeline import config, recipe
+from mnist_cnn_progression.pipeline import config, precision, recipe
 from mnist_cnn_progression.pipeline.datasteps import RunData
 from mnist_cnn_progression.pipeline.rundir import clean_unfinished, fingerprint, run_lock
 from mnist_cnn_progression.pipeline.errors import PipelineError
 from mnist_cnn_progression.pipeline.progress import minutes
+from mnist_cnn_progression.pipeline.precision import Precision
 from mnist_cnn_progression.pipeline.recipe import Recipe
 from mnist_cnn_progression.pipeline.stages import NODE_BY_ID, NODES, STAGE_BY_ID, STEPS, Stage
 
@@ -72,7 +72,8 @@ def environment() -> dict:
     except OSError:
         commit = None
     return {"python": platform.python_version(), **versions, "git_commit": commit,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+            "cpu_bfloat16": ", ".join(sorted(precision.cpu_flags() & set(precision.BF16_CPU_FLAGS))) or "none"}
 
 
 def best_epochs(entry: dict) -> str:
@@ -256,16 +257,26 @@ class Runner:
         self.log(f"[report] {self.layout.report / 'report.html'}")
 
     # -- model stages -----------------------------------------------------------------------------
-    def recipe(self, stage: Stage) -> Recipe:
-        """The stage's recipe in this run: its settings per network and what its fingerprint covers."""
-        return recipe.resolve(stage, self.settings, self.data.info(), self.manifest.get("expand", {}).get("fingerprint"))
+    def recipe(self, stage: Stage, chief_policy: str | None = None) -> Recipe:
+        """The stage's recipe in this run: its settings per network and what its fingerprint covers.
+
+        chief_policy: in a multi-worker run, the policy the chief's `auto` chose, which the other workers follow.
+        """
+        return recipe.resolve(stage, self.settings, self.data.info(), self.manifest.get("expand", {}).get("fingerprint"),
+                              self._precision(stage, chief_policy))
+
+    def _precision(self, stage: Stage, chief_policy: str | None) -> Precision:
+        asked = config.for_stage(self.settings, "precision", stage.id)
+        if asked == "auto" and chief_policy:
+            return Precision(chief_policy, "auto, as the chief chose")
+        return precision.resolve(asked, precision.this_machine() if asked == "auto" else precision.Hardware())
 
     def _member_zero_source(self, stage_recipe: Recipe) -> Path | None:
         """stage.member_zero_from's directory when its network counts as the stage's member 0: same exact recipe."""
         stage = stage_recipe.stage
         source = self.summary.get("stages", {}).get(stage.member_zero_from, {}) if stage.member_zero_from else {}
         directory = self.layout.stage(stage.member_zero_from)
-        reusable = (source.get("settings") == dataclasses.asdict(stage_recipe.settings[0])
+        reusable = (source.get("settings") == config.as_record(stage_recipe.settings[0])
                     and source.get("network") == stage.network.describe() and (directory / MODEL).exists())
         return directory if reusable else None
 
@@ -292,16 +303,20 @@ class Runner:
         Another worker passes no recipe: the decision reaches it once the
         chief has made it, that is once the chief's data, manifest and summary
         are written; it then reads them, and all check they mean the same stage.
+        What the chief's `auto` precision chose comes with the decision: a worker
+        on other hardware follows it (unlike machines must not split a cluster).
         """
         if self._strategy is None:
             return done, stage_recipe
         from mnist_cnn_progression.pipeline.strategy import chief_decides, sum_over_workers
         key = lambda recipe_: int(recipe_.fingerprint()[:15], 16)
-        done, chief_key = chief_decides(self._strategy, [int(done), key(stage_recipe) if stage_recipe else 0])
+        policy = precision.POLICIES.index(stage_recipe.precision.policy) if stage_recipe else 0
+        done, chief_key, chief_policy = chief_decides(
+            self._strategy, [int(done), key(stage_recipe) if stage_recipe else 0, policy])
         if not done:
             if stage_recipe is None and self.layout.data_info.exists():  # else: not shared
                 self.summary, self.manifest = self._read_json(self.summary_path), self._read_json(self.manifest_path)
-                stage_recipe = self.recipe(stage)
+                stage_recipe = self.recipe(stage, chief_policy=precision.POLICIES[chief_policy])
             if sum_over_workers(self._strategy, [not stage_recipe or key(stage_recipe) != chief_key])[0]:
                 raise PipelineError(f"the workers differ in the settings or data of stage {stage.id}, or do not all "
                                     f"see the run directory: start every worker with the same command and the same "
@@ -333,6 +348,7 @@ class Runner:
             self.log(f"[{stage.id}] out of date ({entry['out_of_date']}): retraining")
         self.log(f"[{stage.id}] {stage.network.describe()} on {stage.data} data, "
                  f"reference {stage.reference:.2%}")
+        self.log(f"  precision {stage_recipe.precision.describe()}")
         asked, epochs = config.for_stage(self.settings, "epochs", stage.id), stage_recipe.settings[0].epochs
         if asked != "reference" and epochs > asked:
             self.log(f"  {epochs} epochs instead of {asked}: "
@@ -341,7 +357,7 @@ class Runner:
         started = time.perf_counter()
         entry = self._execute(stage_recipe, output)
         entry.update(wall_seconds=round(time.perf_counter() - started, 1), status="done",
-                     trained_images=self.images_seen(stage_recipe))
+                     trained_images=self.images_seen(stage_recipe), precision=stage_recipe.precision.as_entry())
         self._trained_macs += self.training_macs(stage_recipe)
         self._trained_seconds += entry["wall_seconds"]
         entry["warning"] = learning_warning(entry["test_accuracy"], stage.reference, self.data.info().get("sample"))

@@ -70,7 +70,7 @@ RECORDED_FINGERPRINTS = json.loads((REPO / "tests" / "recorded_fingerprints.json
 RECORDED_DATA = {"full": {"train": 50_000, "digest": "0" * 64}, "sample": {"train": 4_000, "digest": "1" * 64}}
 
 
-def stage_fingerprints(run_dir: Path, preset: str, data: dict, overrides=()) -> dict:
+def stage_fingerprints(run_dir: Path, preset: str, data: dict, overrides=("precision=float32",)) -> dict:
     """Every stage's fingerprint in a run directory holding only `data`'s data.json and an expand fingerprint."""
     from mnist_cnn_progression.pipeline.runner import Runner
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
@@ -83,6 +83,7 @@ def stage_fingerprints(run_dir: Path, preset: str, data: dict, overrides=()) -> 
 @pytest.mark.parametrize("data", RECORDED_DATA)
 @pytest.mark.parametrize("preset", config.PRESETS)
 def test_every_stage_keeps_the_fingerprint_it_had_so_no_finished_run_retrains(tmp_path, preset, data):
+    """Every run before the precision setting trained in float32: in float32 each stage keeps its fingerprint."""
     fingerprints = stage_fingerprints(tmp_path, preset, RECORDED_DATA[data])
     assert fingerprints == {stage.id: RECORDED_FINGERPRINTS[f"{data} {preset} {stage.id}"] for stage in STAGES}
 
@@ -90,7 +91,7 @@ def test_every_stage_keeps_the_fingerprint_it_had_so_no_finished_run_retrains(tm
 def test_chaining_the_members_changes_the_ensembles_fingerprint_and_no_other(tmp_path):
     """chain_epochs changes how the ensemble's members start: a finished run retrains that stage and no other."""
     def fingerprints(*overrides):
-        every = stage_fingerprints(tmp_path, "fast", RECORDED_DATA["full"], overrides)
+        every = stage_fingerprints(tmp_path, "fast", RECORDED_DATA["full"], ("precision=float32", *overrides))
         return {stage: every[stage] for stage in ("dropout", "ensemble", "beyond")}
 
     chained, independent = fingerprints(), fingerprints("chain_epochs.ensemble=0")
@@ -283,7 +284,7 @@ def test_the_fast_preset_gives_every_network_enough_updates_to_leave_chance(tmp_
     from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "data.json").write_text(json.dumps({"train": train_images, "digest": "0" * 64}))
-    runner = Runner(tmp_path, "fast", config.resolve("fast", []), "auto")
+    runner = Runner(tmp_path, "fast", config.resolve("fast", ["precision=float32"]), "auto")
     settings = lambda stage: runner.recipe(STAGE_BY_ID[stage]).settings
     assert settings("conv2")[0].epochs == epochs
     assert settings("dropout")[0].epochs == dropout_epochs  # on 5x the images
