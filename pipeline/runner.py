@@ -262,8 +262,8 @@ class Runner:
 
         chief_policy: in a multi-worker run, the policy the chief's `auto` chose, which the other workers follow.
         """
-        return recipe.resolve(stage, self.settings, self.data.info(), self.manifest.get("expand", {}).get("fingerprint"),
-                              self._precision(stage, chief_policy))
+        expanded = self.manifest.get("expand", {}).get("fingerprint")
+        return recipe.resolve(stage, self.settings, self.data.info(), expanded, self._precision(stage, chief_policy))
 
     def _precision(self, stage: Stage, chief_policy: str | None) -> Precision:
         asked = config.for_stage(self.settings, "precision", stage.id)

@@ -183,6 +183,8 @@ FAIL_FAST = ("import sys; from mnist_cnn_progression.pipeline import cli; sys.mo
     (["--set", "epochs.conv9=3"], "error: --set 'epochs.conv9=3': there is no stage 'conv9'"),
     (["--set", "batch_size=big"], "error: --set 'batch_size=big': expected a int, not 'big'."),
     (["--set", "init.dropout=glorot"], "error: --set 'init.dropout=glorot': init is one of reference, he."),
+    (["--set", "precision=half"], "error: --set 'precision=half': precision is one of auto, float32, mixed_bfloat16, "
+                                  "mixed_float16."),
     (["--set", "chain_epochs.ensemble=-1"], "error: --set 'chain_epochs.ensemble=-1': chain_epochs is a whole number "
                                             "of 0 or more."),
 ])
