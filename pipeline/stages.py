@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from mnist_cnn_progression.models import BNConv, Conv, Dense, Network
 
-
+# The fields of a Stage that its fingerprint covers (Stage.recipe): a new field that changes what the stage
+# trains joins them, with care, since every finished run then retrains (tests/test_runner.py holds them).
 RECIPE_FIELDS = ("id", "network", "data", "eta", "lmbda", "epochs", "reference", "members", "optional")
 
 
