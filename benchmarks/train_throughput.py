@@ -23,8 +23,14 @@ take turns, one timed run each per round, so drift on the machine hits them
 all alike. The grouped convolution runs through XLA on CPU and takes most of
 such a run's time (the command below: about 4 minutes on 2 idle cores).
 
+Mixed precision (the setting `precision`): own step is also timed under each
+mixed policy named in --precisions (default: the one `auto` picks here, if
+any), as its own method, so its ratio to own step is its speed-up over
+float32. The output names the CPU's bfloat16 flags and what `auto` picks.
+
     python -m benchmarks.train_throughput [--stages conv2_relu] [--images 20000] [--out FILE]
     python -m benchmarks.train_throughput --stages ensemble --images 3200 --repeats 4 --out FILE
+    python -m benchmarks.train_throughput --compare "" --precisions mixed_bfloat16,mixed_float16 --out FILE
 """
 import argparse
 import json
@@ -41,7 +47,7 @@ from benchmarks.flops import matmul_flops, timed
 from mnist_cnn_progression.models.layers import ConvPool
 from mnist_cnn_progression.models.networks import build_network
 from mnist_cnn_progression.models.specs import IMAGE_SHAPE
-from mnist_cnn_progression.pipeline import config, inputs, strategy as strategies
+from mnist_cnn_progression.pipeline import config, inputs, precision, strategy as strategies
 from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID, STAGES
 from mnist_cnn_progression.pipeline.modelstage import run_concurrently
 from mnist_cnn_progression.pipeline.train import TrainSettings, make_optimizer, make_train_steps
@@ -95,8 +101,8 @@ def fused_members(members: list, grouped_conv2: bool = False) -> keras.Model:
 
 
 def training_pass(stage, batch_size: int, optimizer: str, images: int, repeats: int, steps_per_call: int,
-                  seed: int = 0, members: int = 1, grouped_conv2: bool = False):
-    """A function that trains on `images` images with the pipeline's own step, warmed up.
+                  seed: int = 0, members: int = 1, grouped_conv2: bool = False, policy: str = "float32"):
+    """A function that trains on `images` images with the pipeline's own step, under `policy`, warmed up.
 
     members > 1: that many of the stage's networks as one model
     (fused_members), every image's label given to each; the step's mean loss
@@ -106,10 +112,11 @@ def training_pass(stage, batch_size: int, optimizer: str, images: int, repeats: 
     strategy = strategies.choose("auto")
     steps = images // batch_size
     data = inputs.Arrays(*random_digits(steps * batch_size, seed))
-    settings = TrainSettings(epochs=repeats + 1, batch_size=batch_size, optimizer=optimizer, learning_rate=0.01)
+    settings = TrainSettings(epochs=repeats + 1, batch_size=batch_size, optimizer=optimizer, learning_rate=0.01,
+                             precision=policy)
     with strategy.scope():
-        networks = [build_network(stage.network, l2=1e-5 if stage.lmbda else 0.0, seed=seed + member)
-                    for member in range(members)]
+        networks = [build_network(stage.network, l2=1e-5 if stage.lmbda else 0.0, seed=seed + member,
+                                  precision=policy) for member in range(members)]
         model = fused_members(networks, grouped_conv2) if members > 1 else networks[0]
         train_steps = make_train_steps(model, make_optimizer(settings, steps), strategy, batch_size)
 
@@ -128,9 +135,10 @@ def training_pass(stage, batch_size: int, optimizer: str, images: int, repeats: 
     return one_epoch
 
 
-def own_step(stage, batch_size: int, optimizer: str, images: int, repeats: int, steps_per_call: int):
-    """The pipeline's own step on one network."""
-    return training_pass(stage, batch_size, optimizer, images, repeats, steps_per_call), 1
+def own_step(stage, batch_size: int, optimizer: str, images: int, repeats: int, steps_per_call: int,
+             policy: str = "float32"):
+    """The pipeline's own step on one network (under a mixed precision policy, when given one)."""
+    return training_pass(stage, batch_size, optimizer, images, repeats, steps_per_call, policy=policy), 1
 
 
 def keras_fit(stage, batch_size: int, optimizer: str, images: int, repeats: int, steps_per_call: int):
@@ -159,10 +167,10 @@ def as_one_model(stage, batch_size: int, optimizer: str, images: int, repeats: i
                          grouped_conv2=grouped_conv2), stage.members
 
 
-def methods(stage, compared: set) -> dict:
+def methods(stage, compared: set, mixed: list) -> dict:
     """The methods timed for a stage, by name; each prepares (a function training on `images` images, the
     number of networks it trains)."""
-    chosen = {"own step": own_step}
+    chosen = {"own step": own_step} | {f"own step, {policy}": partial(own_step, policy=policy) for policy in mixed}
     if stage.id in compared:
         chosen |= {"Keras fit": keras_fit, "two nets side by side": side_by_side}
     if stage.members > 1:
@@ -197,8 +205,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--compare", default="conv2_relu",
                         help="stages also timed with Keras's Model.fit and as two networks trained side by side "
                              "(default: conv2_relu, the network of the 4,000 img/s target)")
+    parser.add_argument("--precisions", default=None,
+                        help="mixed precision policies to time own step under besides float32, comma-separated "
+                             "(default: what precision=auto picks on this machine, if it is not float32)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_throughput.json"))
     args = parser.parse_args(argv)
+    machine = precision.this_machine()
+    auto = precision.resolve("auto", machine)
+    mixed = ([p for p in args.precisions.split(",") if p] if args.precisions is not None
+             else [auto.policy] if auto.policy != "float32" else [])
+    unknown = [p for p in mixed if p not in precision.POLICIES[1:]]
+    if unknown:
+        parser.error(f"--precisions: {', '.join(unknown)}: choose from {', '.join(precision.POLICIES[1:])}")
+    bf16_flags = sorted(machine.cpu_flags & set(precision.BF16_CPU_FLAGS))
+    print(f"CPU bfloat16 flags: {', '.join(bf16_flags) or 'none'}; precision=auto picks {auto.describe()}; "
+          f"timing float32{''.join(', ' + p for p in mixed)}", flush=True)
     fast = config.PRESETS["fast"]
     seed = config.PRESETS["seed"]
     peak = matmul_flops()
@@ -212,7 +233,7 @@ def main(argv=None) -> dict:
             batch, optimizer, steps_per_call = (config.for_stage(preset, key, stage_id)
                                                 for key in ("batch_size", "optimizer", "steps_per_call"))
             prepared = {name: prepare(stage, batch, optimizer, args.images, args.repeats, steps_per_call)
-                        for name, prepare in methods(stage, compared).items()}
+                        for name, prepare in methods(stage, compared, mixed).items()}
             rates = take_turns(prepared, args.images // batch * batch, args.repeats)
             for method, method_rates in rates.items():
                 median = statistics.median(method_rates)
@@ -230,7 +251,9 @@ def main(argv=None) -> dict:
                       f"x{rows[-1]['ratio_to_own_step_median']:.2f}  {rows[-1]['achieved_gflops']:6.2f} GFLOP/s  "
                       f"({median / limit:.1%} of the matmul peak)", flush=True)
     result = {"machine": f"{platform.machine()}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} "
-                         f"intra-op threads", "tensorflow": tf.__version__,
+                         f"intra-op threads", "tensorflow": tf.__version__, "cpu_bfloat16_flags": bf16_flags,
+              "gpu_compute_capabilities": [list(c) for c in machine.gpu_capabilities],
+              "auto_precision": auto.as_entry(), "mixed_precisions": mixed,
               "numpy_matmul_gflops": round(peak / 1e9, 1), "images_per_run": args.images,
               "repeats": args.repeats, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,9 +269,10 @@ def markdown(result: dict) -> str:
         low, high = min(row["ratio_to_own_step_all"]), max(row["ratio_to_own_step_all"])
         return f"{row['ratio_to_own_step_median']:.2f} ({low:.2f}-{high:.2f})"
 
-    lines = [f"NumPy matmul peak {result['numpy_matmul_gflops']} GFLOP/s; median of {result['repeats']} runs of "
+    lines = [f"NumPy matmul peak {result['numpy_matmul_gflops']} GFLOP/s; CPU bfloat16 flags: "
+             f"{', '.join(result['cpu_bfloat16_flags']) or 'none'}; median of {result['repeats']} runs of "
              f"{result['images_per_run']:,} images, the methods taking turns. img/s counts every network's images; "
-             f"x own step: the median (range) of the rounds' ratios to one network alone.", "",
+             f"x own step: the median (range) of the rounds' ratios to one network alone in float32.", "",
              "| stage | method | batch | optimizer | img/s (median) | x own step | GFLOP/s | FLOP limit (img/s) "
              "| of peak |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|"]

@@ -5,10 +5,12 @@ with a "default". "reference" means the stage's own figure in SEED.md.
 The runner resolves them, per stage and member, into a TrainSettings.
 """
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 
 from mnist_cnn_progression.inference.contract import SCORING_BATCH
+from mnist_cnn_progression.pipeline import precision
 from mnist_cnn_progression.pipeline.errors import PipelineError, did_you_mean
 from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID, STAGES
 
@@ -27,7 +29,7 @@ PRESETS = {
         "warmup_fraction": 0.0, "epochs": "reference", "shuffle": False, "max_shift": 0,
         "max_rotation": 0.0, "max_zoom": 0.0, "shift_only_last_epochs": 0, "init": "reference", "weight_decay": 0.0,
         "chain_epochs": 0, "steps_per_call": 100, "train_limit": 0, "min_steps": 0, "seed": 0,
-        "strategy": "auto", "parallel_members": "auto",
+        "strategy": "auto", "parallel_members": "auto", "precision": "float32",
     },
     # The same networks and data, trained the modern way: Adam, warm-up + cosine, reshuffling, larger
     # batches, random 1-pixel shifts on the fly, and far fewer epochs (the dropout network sees 1.5 million
@@ -35,6 +37,7 @@ PRESETS = {
     # turns (up to 10 degrees) and zooms (up to 10%); the stage-6 networks' weights decay (AdamW), their
     # last epoch is shifts only (no turns or zooms), and each ensemble member after the first (member 0 is
     # the dropout network) trains 2 epochs on from the one before it: 3.5 million stage-6 images in all.
+    # Mixed precision where the chip has it (pipeline.precision).
     "fast": {
         "batch_size": {"default": 128, "conv1": 64}, "optimizer": "adam", "learning_rate": 0.002,
         "schedule": "warmup_cosine", "warmup_fraction": 0.03,
@@ -49,19 +52,22 @@ PRESETS = {
         # On a small training set (the 5,000-digit sample) epochs are raised to give every network at least
         # this many updates: the sigmoid networks sit at chance for their first ~650 (full MNIST gives 5,000+).
         "steps_per_call": 50, "train_limit": 0, "min_steps": 2000, "seed": 0, "strategy": "auto",
-        "parallel_members": "auto",
+        "parallel_members": "auto", "precision": "auto",
     },
-    # Every stage end to end in minutes: a smoke test and demo, not an accuracy run.
-    # (Sigmoid nets sit on a plateau for their first few hundred steps: ~470 steps get past it.)
+    # Every stage end to end in minutes: a smoke test and demo, not an accuracy run, in float32 so that it
+    # runs alike on every machine. (Sigmoid nets sit on a plateau for their first few hundred steps: ~470
+    # steps get past it.)
     "quick": {
         "batch_size": 128, "optimizer": "adam", "learning_rate": 0.002, "schedule": "warmup_cosine",
         "warmup_fraction": 0.03, "epochs": 3, "shuffle": True, "max_shift": 0, "max_rotation": 0.0, "max_zoom": 0.0,
         "shift_only_last_epochs": 0, "init": "reference", "weight_decay": 0.0,
         "chain_epochs": {"default": 0, "ensemble": 1}, "steps_per_call": 50,
         "train_limit": 20000, "min_steps": 0, "seed": 0, "strategy": "auto", "parallel_members": "auto",
+        "precision": "float32",
     },
 }
-CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("constant", "warmup_cosine"), "init": ("reference", "he")}
+CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("constant", "warmup_cosine"), "init": ("reference", "he"),
+           "precision": precision.CHOICES}
 COUNTS = ("chain_epochs",)  # whole numbers of 0 or more
 
 
@@ -149,3 +155,16 @@ class TrainSettings:
     seed: int = 0
     init: str = "reference"    # starting weights (models.layers.initializers)
     eval_batch_size: int = SCORING_BATCH
+    precision: str = "float32"  # the dtype policy the network trains under (pipeline.precision.POLICIES)
+
+
+def as_record(settings: TrainSettings) -> dict:
+    """The settings as summary.json and the stage fingerprints record them.
+
+    precision only when it is not float32: it came later, and the records of
+    the float32 runs before it (and so their fingerprints) stay as they were.
+    """
+    record = dataclasses.asdict(settings)
+    if record["precision"] == "float32":
+        del record["precision"]
+    return record

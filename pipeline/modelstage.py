@@ -10,7 +10,6 @@ so a killed stage resumes where it stopped.
 """
 import contextlib
 import csv
-import dataclasses
 import os
 import shutil
 import threading
@@ -27,6 +26,7 @@ from mnist_cnn_progression.models.networks import load_model
 from mnist_cnn_progression.export.bundle import build_bundle
 from mnist_cnn_progression.export.tf_export import export_model
 from mnist_cnn_progression.inference.files import staged_directory, write_json
+from mnist_cnn_progression.pipeline.config import as_record
 from mnist_cnn_progression.pipeline.errors import PipelineError
 from mnist_cnn_progression.pipeline.evaluate import evaluate
 from mnist_cnn_progression.pipeline.sources import Splits
@@ -97,7 +97,7 @@ def describe(stage, trained: Trained, settings) -> dict:
     return {"network": stage.network.describe(), "data": stage.data, "epochs": settings.epochs,
             "best_epoch": trained.best_epoch, "val_accuracy": trained.best_val_accuracy,
             "reference_accuracy": stage.reference, "train_images_per_second": round(trained.images_per_second, 1),
-            "resumed_from_epoch": trained.resumed_from_epoch, "settings": dataclasses.asdict(settings)}
+            "resumed_from_epoch": trained.resumed_from_epoch, "settings": as_record(settings)}
 
 
 def run_single(job: StageJob) -> dict:

@@ -154,8 +154,20 @@ class _Report:
                   for i in stage_order(expected) if i not in self.done]
         if absent:
             self.add("note", "Not in this run: " + ", ".join(absent) + ".")
+        self.precision_line()
         if "ensemble" in self.done:
             self.member_line("ensemble")
+
+    def precision_line(self):
+        """What precision the stages trained in, and why (runs before the setting have none: float32)."""
+        trained_in = {}
+        for stage_id in self.done:
+            chosen = self.stages[stage_id].get("precision")
+            if chosen:
+                trained_in.setdefault(f"{chosen['policy']} ({chosen['why']})", []).append(stage_id)
+        if trained_in:
+            self.add("p", "Precision: " + "; ".join(f"{', '.join(ids)} in {how}" for how, ids in trained_in.items())
+                     + ". Evaluation and export are float32 whatever the training precision.")
 
     def member_line(self, stage_id: str):
         members = self.stages[stage_id].get("members")

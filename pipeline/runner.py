@@ -12,13 +12,14 @@ directory that is renamed into place only when complete.
     beyond    -> stages/beyond/ (its bundle in stages/beyond/bundle/; optional, run when named)
     report    -> report/        (reads everything above that exists)
 
-The nodes and what each needs are the table in pipeline.stages. A model stage
+The nodes and what each needs are the table in pipeline.stages. The data
+steps write through pipeline.datasteps; a stage's recipe (its settings per
+network, and its fingerprint) is resolved by pipeline.recipe; a model stage
 is handed a resolved job and returns its entry (pipeline.modelstage), which
 the runner records. TensorFlow's modules (strategy, modelstage) are imported
 where first used: the argument check and a run that only prepares data never
 load TensorFlow.
 """
-import dataclasses
 import importlib.metadata
 import json
 import os
@@ -27,29 +28,21 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
-
-from mnist_cnn_progression.inference.files import digest_arrays, staged_directory, write_json
-from mnist_cnn_progression.inference.releases import test_digest
+from mnist_cnn_progression.inference.files import write_json
 from mnist_cnn_progression.inference.run_layout import MODEL, RunLayout
-from mnist_cnn_progression.pipeline import config, expand, sources
+from mnist_cnn_progression.pipeline import config, precision, recipe
+from mnist_cnn_progression.pipeline.datasteps import RunData
 from mnist_cnn_progression.pipeline.rundir import clean_unfinished, fingerprint, run_lock
 from mnist_cnn_progression.pipeline.errors import PipelineError, did_you_mean
 from mnist_cnn_progression.pipeline.progress import minutes
+from mnist_cnn_progression.pipeline.precision import Precision
+from mnist_cnn_progression.pipeline.recipe import Recipe
 from mnist_cnn_progression.pipeline.stages import NODE_BY_ID, NODES, STAGE_BY_ID, STEPS, Stage
 
 STEP_IDS = [step.id for step in STEPS]
 DEFAULT_NODES = [node.id for node in NODES if not (isinstance(node, Stage) and node.optional)]
-SPLIT_NAMES = [f"{part}_{kind}" for part in ("train", "validation", "test") for kind in ("images", "labels")]
-SHARD_SIZE = 50_000
 SOURCE_COMMIT = Path(__file__).with_name("source_commit.txt")  # in a plain install (setup.py)
 NOT_FROM_GIT = "not from a git checkout"
-# Member k of a voting stage trains with seed + k x this: runs with base seeds 0, 1, 2 share no network.
-MEMBER_SEED_STRIDE = 1000
-# What training an image costs whatever the network (input pipeline, optimizer, small kernels), in
-# multiply-accumulates' worth of time: the fc100 baseline (79k MACs) trains 4x, not 40x, faster per
-# image than the stage-6 network (3.2M MACs) on this CPU (58 s for 1.5M images against 250 s).
-PER_IMAGE_OVERHEAD = 1_000_000
 PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "onnx", "onnxruntime", "tf2onnx", "numpy", "protobuf")
 
 
@@ -77,7 +70,8 @@ def environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     return {"python": platform.python_version(), **versions, "git_commit": source_commit(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+            "cpu_bfloat16": ", ".join(sorted(precision.cpu_flags() & set(precision.BF16_CPU_FLAGS))) or "none"}
 
 
 def source_commit() -> str:
@@ -130,9 +124,9 @@ class Runner:
         self.manifest_path = self.layout.manifest
         self.summary = self._read_json(self.summary_path)
         self.manifest = self._read_json(self.manifest_path)
-        self.splits = None
+        self.data = RunData(self.layout, log)
         self.started = time.perf_counter()  # for the whole-run line
-        self._trained_work, self._trained_seconds = 0, 0.0  # the stages this run trained: their cost and time
+        self._trained_macs, self._trained_seconds = 0, 0.0  # the stages this run trained: their cost and time
         self.task = None  # in a multi-worker run, another worker's name ("worker-1"): it writes none of the run's files
         if strategy is not None:
             from mnist_cnn_progression.pipeline.strategy import task_name
@@ -208,32 +202,33 @@ class Runner:
     def _log_progress(self, stage_ids: list[str], current: str):
         """The whole-run line: which stage of how many, the time so far and an estimate of the time left.
 
-        The estimate prices each stage still to train by its training_work, at
-        the rate the stages trained so far in this run achieved.
+        The estimate prices each stage still to train by its multiply-accumulates
+        (Recipe.training_macs), at the rate the stages trained so far in this run achieved.
         """
         position = stage_ids.index(current)
-        left = [STAGE_BY_ID[i] for i in stage_ids[position:]]
-        left = [stage for stage in left if not self._is_done(stage.id, self._stage_fingerprint(stage),
-                                                             self.layout.stage(stage.id))]
-        work = sum(self.training_work(stage) for stage in left)
-        estimate = (f"~{minutes(work * self._trained_seconds / self._trained_work)} left" if self._trained_work
+        left = [self.recipe(STAGE_BY_ID[i]) for i in stage_ids[position:]]
+        left = [r for r in left if not self._is_done(r.stage.id, r.fingerprint(), self.layout.stage(r.stage.id))]
+        macs = sum(self.training_macs(r) for r in left)
+        estimate = (f"~{minutes(macs * self._trained_seconds / self._trained_macs)} left" if self._trained_macs
                     else "time left known after the first stage")
         self.log(f"[run] stage {position + 1} of {len(stage_ids)} ({current}); "
                  f"{minutes(time.perf_counter() - self.started)} so far, {estimate}")
 
-    def training_work(self, stage: Stage) -> int:
-        """A stage's cost in multiply-accumulates: images trained x (the network's + a fixed cost per image)."""
-        return self.trained_images(stage) * (stage.network.multiply_accumulates() + PER_IMAGE_OVERHEAD)
+    def _member_zero_first(self, stage_recipe: Recipe) -> int:
+        """The first member the stage trains itself: 1 when its member 0 is another stage's network (trained there)."""
+        return 1 if self._member_zero_source(stage_recipe) else 0
 
-    def trained_images(self, stage: Stage) -> int:
-        """Images the stage trains on, counted once per network that sees them.
+    def training_macs(self, stage_recipe: Recipe) -> int:
+        """What the stage's own training costs (Recipe.training_macs), not counting a member 0 trained elsewhere."""
+        return stage_recipe.training_macs(self._member_zero_first(stage_recipe))
+
+    def images_seen(self, stage_recipe: Recipe) -> int:
+        """The stage's training images counted once per network and epoch (Recipe.images_seen).
 
         A voting stage's member 0 is another stage's network when both have
         the same recipe (Stage.member_zero_from): trained once, it counts there.
         """
-        first = 1 if self._member_zero_source(stage) else 0
-        epochs = sum(self.train_settings(stage, k).epochs for k in range(first, stage.members))
-        return self.training_images(stage) * epochs
+        return stage_recipe.images_seen(self._member_zero_first(stage_recipe))
 
     def _download(self):
         output = self.layout.data
@@ -243,25 +238,16 @@ class Runner:
             self.log(f"[download] done already ({previous.get('source')}); skipped")
             return
         self.log(f"[download] reading MNIST from {self.data_spec}")
-        splits = sources.load(self.data_spec, self.layout.cache, log=self.log)
-        digest = digest_arrays(*(splits.arrays[name] for name in SPLIT_NAMES))
-        with staged_directory(output) as tmp:
-            for name in SPLIT_NAMES:
-                np.save(tmp / f"{name}.npy", splits.arrays[name])
-            info = {"source": splits.source, "split": splits.split, "sample": splits.sample,
-                    "warning": splits.warning, "digest": digest,
-                    "test_digest": test_digest(splits.arrays["test_images"], splits.arrays["test_labels"]),
-                    **{part: len(splits.arrays[f"{part}_labels"]) for part in ("train", "validation", "test")}}
-            write_json(tmp / self.layout.data_info.name, info)
-        if splits.warning:
-            self.log(f"WARNING: {splits.warning}")
-        if previous.get("fingerprint") not in (None, digest):
+        info = self.data.download(self.data_spec)
+        if info["warning"]:
+            self.log(f"WARNING: {info['warning']}")
+        if previous.get("fingerprint") not in (None, info["digest"]):
             self._mark_out_of_date(f"trained on the data of {previous.get('source')}, not the data now in data/")
         self.summary["data"] = {**info, "expanded_train": None}
         self.manifest.pop("expand", None)  # new data: whatever was expanded from the old is stale
-        self._record("download", digest, reads=[self.data_spec], writes=self._named(self.layout.data),
+        self._record("download", info["digest"], reads=[self.data_spec], writes=self._named(self.layout.data),
                      source=self.data_spec)
-        self.log(f"[download] {info['train']} / {info['validation']} / {info['test']} images from {splits.source}")
+        self.log(f"[download] {info['train']} / {info['validation']} / {info['test']} images from {info['source']}")
 
     def _mark_out_of_date(self, why: str):
         """New data: every finished stage (and so the bundle and report) was trained on the old; never mix them."""
@@ -273,52 +259,16 @@ class Runner:
             self.log(f"[download] the data changed: {', '.join(stale)} (with the bundle and report built from them) "
                      f"were trained on the old data and are marked out of date; each retrains when run")
 
-    def data_provenance(self) -> dict:
-        """What a bundle records of its training data, so that whoever deploys it can tell (inference.ensemble)."""
-        info = self._data_info()
-        return {key: info.get(key) for key in ("source", "split", "sample", "digest", "test_digest", "warning")}
-
-    def _data_info(self) -> dict:
-        path = self.layout.data_info
-        if not path.exists():
-            raise PipelineError(f"{self.run_dir} has no prepared data; run the download step first.")
-        return json.loads(path.read_text())
-
     def _expand(self):
-        output = self.layout.expanded
-        data_digest = self._data_info()["digest"]
-        node_fingerprint = fingerprint({"data": data_digest, "seed": self.settings["seed"]})
-        if self._is_done("expand", node_fingerprint, output):
+        node_fingerprint = fingerprint({"data": self.data.info()["digest"], "seed": self.settings["seed"]})
+        if self._is_done("expand", node_fingerprint, self.layout.expanded):
             self.log("[expand] done already; skipped")
             return
-        splits = self.load_splits(expanded=False)
-        images, labels = expand.expand(splits.train_images, splits.train_labels, seed=self.settings["seed"])
-        with staged_directory(output) as tmp:
-            for number, start in enumerate(range(0, len(images), SHARD_SIZE)):
-                np.save(tmp / f"images_{number:03d}.npy", images[start:start + SHARD_SIZE])
-                np.save(tmp / f"labels_{number:03d}.npy", labels[start:start + SHARD_SIZE])
-            info = {"count": len(images), "digest": digest_arrays(images, labels), "seed": self.settings["seed"]}
-            write_json(tmp / "expanded.json", info)
-        self.summary.setdefault("data", {})["expanded_train"] = len(images)
-        self.splits = None
+        info = self.data.expand(self.settings["seed"])
+        self.summary.setdefault("data", {})["expanded_train"] = info["count"]
         self._record("expand", node_fingerprint, reads=self._named(self.layout.data),
                      writes=self._named(self.layout.expanded))
-        self.log(f"[expand] {len(images)} training images")
-
-    def load_splits(self, expanded: bool):
-        """The prepared arrays (and the expanded set, when asked), loaded once per run."""
-        if self.splits is None:
-            data, info = self.layout.data, self._data_info()
-            self.splits = sources.Splits(**{name: np.load(data / f"{name}.npy") for name in SPLIT_NAMES},
-                                         source=info["source"], split=info["split"])
-        if expanded and self.splits.expanded_images is None:
-            shards = sorted(self.layout.expanded.glob("images_*.npy"))
-            if not shards:
-                raise PipelineError(f"{self.run_dir} has no expanded data; run the expand step first.")
-            self.splits.expanded_images = np.concatenate([np.load(p) for p in shards])
-            self.splits.expanded_labels = np.concatenate(
-                [np.load(str(p).replace("images_", "labels_")) for p in shards])
-        return self.splits
+        self.log(f"[expand] {info['count']} training images")
 
     def _report(self):
         from mnist_cnn_progression.pipeline.report import write_report
@@ -326,119 +276,88 @@ class Runner:
         self.log(f"[report] {self.layout.report / 'report.html'}")
 
     # -- model stages -----------------------------------------------------------------------------
-    def train_settings(self, stage: Stage, member: int = 0):
-        """One network's training settings; member k of a voting stage is seeded MEMBER_SEED_STRIDE x k apart.
+    def recipe(self, stage: Stage, chief_policy: str | None = None) -> Recipe:
+        """The stage's recipe in this run: its settings per network and what its fingerprint covers.
 
-        A chained member (k > 0, chain_epochs) trains chain_epochs epochs on from the one before it.
+        chief_policy: in a multi-worker run, the policy the chief's `auto` chose, which the other workers follow.
         """
-        value = lambda key: config.for_stage(self.settings, key, stage.id)
-        reference = lambda key, own: own if value(key) == "reference" else value(key)
-        steps_per_epoch = self.training_images(stage) // int(value("batch_size"))
-        chain = self.chain_epochs(stage)
-        asked = chain if member and chain else reference("epochs", stage.epochs)
-        epochs = max(int(asked), -(-int(value("min_steps")) // max(steps_per_epoch, 1)))
-        return config.TrainSettings(
-            epochs=epochs, batch_size=int(value("batch_size")),
-            optimizer=value("optimizer"), learning_rate=float(reference("learning_rate", stage.eta)),
-            schedule=value("schedule"), warmup_fraction=float(value("warmup_fraction")), lmbda=stage.lmbda,
-            weight_decay=float(value("weight_decay")),
-            shuffle=bool(value("shuffle")), max_shift=int(value("max_shift")),
-            max_rotation=float(value("max_rotation")), max_zoom=float(value("max_zoom")),
-            shift_only_last_epochs=int(value("shift_only_last_epochs")),
-            steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + MEMBER_SEED_STRIDE * member,
-            init=value("init"))
+        expanded = self.manifest.get("expand", {}).get("fingerprint")
+        return recipe.resolve(stage, self.settings, self.data.info(), expanded, self._precision(stage, chief_policy))
 
-    def chain_epochs(self, stage: Stage) -> int:
-        """How many epochs each member of a voting stage after the first trains on from the one before (0: none do)."""
-        return int(config.for_stage(self.settings, "chain_epochs", stage.id)) if stage.members > 1 else 0
+    def _precision(self, stage: Stage, chief_policy: str | None) -> Precision:
+        asked = config.for_stage(self.settings, "precision", stage.id)
+        if asked == "auto" and chief_policy:
+            return Precision(chief_policy, "auto, as the chief chose")
+        return precision.resolve(asked, precision.this_machine() if asked == "auto" else precision.Hardware())
 
-    def training_images(self, stage: Stage) -> int:
-        """How many images one epoch of the stage trains on: the first train_limit of its set, when that is set."""
-        count = self.training_set_images(stage)
-        return min(count, self.settings["train_limit"] or count)
-
-    def training_set_images(self, stage: Stage) -> int:
-        """The images of the stage's training set: the run's train split, or 5 times it expanded."""
-        return self._data_info()["train"] * (len(expand.SHIFTS) if stage.data == "expanded" else 1)
-
-    def trains_on(self, stage: Stage) -> str:
-        """What one epoch of the stage trains on, as the log says it."""
-        used, count = self.training_images(stage), self.training_set_images(stage)
-        if used < count:
-            return f"the first {used:,} of {count:,} {stage.data} images (train_limit {self.settings['train_limit']})"
-        return f"{count:,} {stage.data} images"
-
-    def _member_zero_source(self, stage: Stage) -> Path | None:
+    def _member_zero_source(self, stage_recipe: Recipe) -> Path | None:
         """stage.member_zero_from's directory when its network counts as the stage's member 0: same exact recipe."""
+        stage = stage_recipe.stage
         source = self.summary.get("stages", {}).get(stage.member_zero_from, {}) if stage.member_zero_from else {}
         directory = self.layout.stage(stage.member_zero_from)
-        reusable = (source.get("settings") == dataclasses.asdict(self.train_settings(stage))
+        reusable = (source.get("settings") == config.as_record(stage_recipe.settings[0])
                     and source.get("network") == stage.network.describe() and (directory / MODEL).exists())
         return directory if reusable else None
 
-    def _execute(self, stage: Stage, output: Path | None, node_fingerprint: str) -> dict:
-        """Hand the stage its job (modelstage.StageJob: its settings, inputs and outputs, resolved here); its entry."""
+    def _execute(self, stage_recipe: Recipe, output: Path | None) -> dict:
+        """Hand the stage its job (modelstage.StageJob: its recipe, inputs and outputs, resolved here); its entry."""
         # TensorFlow loads only when a stage trains: a data-only run never starts it
         from mnist_cnn_progression.pipeline import modelstage
-        member_zero = self._member_zero_source(stage)
+        stage = stage_recipe.stage
+        member_zero = self._member_zero_source(stage_recipe)
         return modelstage.run(modelstage.StageJob(
-            stage=stage, settings=tuple(self.train_settings(stage, k) for k in range(stage.members)),
-            splits=self.load_splits(expanded=stage.data == "expanded"), output=output,
+            stage=stage, settings=stage_recipe.settings,
+            splits=self.data.load(expanded=stage.data == "expanded"), output=output,
             output_name=self.layout.name(self.layout.stage(stage.id)),
-            checkpoint_dir=self.layout.checkpoints(stage.id, node_fingerprint),
+            checkpoint_dir=self.layout.checkpoints(stage.id, stage_recipe.fingerprint()),
             tensorboard_dir=self.layout.tensorboard(stage.id), strategy=self.strategy, log=self.log,
             train_limit=self.settings["train_limit"], parallel_members=self.settings["parallel_members"],
-            chain_epochs=self.chain_epochs(stage), member_zero_dir=member_zero,
+            chain_epochs=stage_recipe.chain_epochs, member_zero_dir=member_zero,
             member_zero_entry=self.summary["stages"][stage.member_zero_from] if member_zero else {},
-            bundle=self.layout.bundle if stage.run_bundle else None, data=self.data_provenance()))
+            bundle=self.layout.bundle if stage.run_bundle else None, data=self.data.provenance()))
 
-    def _stage_fingerprint(self, stage: Stage) -> str:
-        data = self._data_info()["digest"]
-        expanded = self.manifest.get("expand", {}).get("fingerprint") if stage.data == "expanded" else None
-        members = [dataclasses.asdict(self.train_settings(stage, k)) for k in range(stage.members)]
-        recipe = {"stage": repr(stage), "settings": members, "data": data, "expanded": expanded,
-                  "train_limit": self.settings["train_limit"]}
-        if self.chain_epochs(stage):  # only then: the fingerprints of every other stage stay what they were
-            recipe["chain_epochs"] = self.chain_epochs(stage)
-        return fingerprint(recipe)
-
-    def _agree_on_stage(self, stage: Stage, node_fingerprint: str | None, done: bool = False) -> tuple[bool, str]:
+    def _agree_on_stage(self, stage: Stage, stage_recipe: Recipe | None, done: bool = False) -> tuple[bool, Recipe]:
         """Multi-worker: every worker takes the chief's decision to skip or train a stage (collectives all join).
 
-        Another worker passes no fingerprint: the decision reaches it once the
+        Another worker passes no recipe: the decision reaches it once the
         chief has made it, that is once the chief's data, manifest and summary
         are written; it then reads them, and all check they mean the same stage.
+        What the chief's `auto` precision chose comes with the decision: a worker
+        on other hardware follows it (unlike machines must not split a cluster).
         """
         if self._strategy is None:
-            return done, node_fingerprint
+            return done, stage_recipe
         from mnist_cnn_progression.pipeline.strategy import chief_decides, sum_over_workers
-        key = lambda text: int(text[:15], 16)
-        done, chief_key = chief_decides(self._strategy, [int(done), key(node_fingerprint) if node_fingerprint else 0])
+        key = lambda recipe_: int(recipe_.fingerprint()[:15], 16)
+        policy = precision.POLICIES.index(stage_recipe.precision.policy) if stage_recipe else 0
+        done, chief_key, chief_policy = chief_decides(
+            self._strategy, [int(done), key(stage_recipe) if stage_recipe else 0, policy])
         if not done:
-            if node_fingerprint is None and self.layout.data_info.exists():  # else: not shared
+            if stage_recipe is None and self.layout.data_info.exists():  # else: not shared
                 self.summary, self.manifest = self._read_json(self.summary_path), self._read_json(self.manifest_path)
-                node_fingerprint = self._stage_fingerprint(stage)
-            if sum_over_workers(self._strategy, [not node_fingerprint or key(node_fingerprint) != chief_key])[0]:
+                stage_recipe = self.recipe(stage, chief_policy=precision.POLICIES[chief_policy])
+            if sum_over_workers(self._strategy, [not stage_recipe or key(stage_recipe) != chief_key])[0]:
                 raise PipelineError(f"the workers differ in the settings or data of stage {stage.id}, or do not all "
                                     f"see the run directory: start every worker with the same command and the same "
                                     f"--run-dir on storage they all see.")
-        return bool(done), node_fingerprint
+        return bool(done), stage_recipe
 
     def _follow_stage(self, stage: Stage):
         """Another worker of a multi-worker run: it trains in step with the chief, from the chief's checkpoint."""
-        done, node_fingerprint = self._agree_on_stage(stage, None)
+        done, stage_recipe = self._agree_on_stage(stage, None)
         if done:
             self.log(f"[{stage.id}] done (the chief's run directory says so); skipped")
             return
-        self._execute(stage, None, node_fingerprint)
+        self._execute(stage_recipe, None)
 
     def _stage(self, stage: Stage):
         if self.task is not None:
             return self._follow_stage(stage)
-        node_fingerprint = self._stage_fingerprint(stage)
+        stage_recipe = self.recipe(stage)
+        node_fingerprint = stage_recipe.fingerprint()
         output = self.layout.stage(stage.id)
         entry = self.summary.get("stages", {}).get(stage.id, {})
-        done, _ = self._agree_on_stage(stage, node_fingerprint, self._is_done(stage.id, node_fingerprint, output))
+        done, _ = self._agree_on_stage(stage, stage_recipe, self._is_done(stage.id, node_fingerprint, output))
         if done:
             entry.pop("out_of_date", None)  # back on the data it was trained on
             entry["status"] = "done"
@@ -446,21 +365,22 @@ class Runner:
             return
         if entry.get("status") == "out of date":
             self.log(f"[{stage.id}] out of date ({entry['out_of_date']}): retraining")
-        self.log(f"[{stage.id}] {stage.network.describe()} on {self.trains_on(stage)}, "
+        self.log(f"[{stage.id}] {stage.network.describe()} on {stage_recipe.trains_on()}, "
                  f"reference {stage.reference:.2%}")
-        asked, epochs = config.for_stage(self.settings, "epochs", stage.id), self.train_settings(stage).epochs
+        self.log(f"  precision {stage_recipe.precision.describe()}")
+        asked, epochs = config.for_stage(self.settings, "epochs", stage.id), stage_recipe.settings[0].epochs
         if asked != "reference" and epochs > asked:
             self.log(f"  {epochs} epochs instead of {asked}: "
-                     f"{self.training_images(stage)} training images need them for min_steps "
+                     f"{stage_recipe.epoch_images} training images need them for min_steps "
                      f"{config.for_stage(self.settings, 'min_steps', stage.id)}")
         started = time.perf_counter()
-        entry = self._execute(stage, output, node_fingerprint)
+        entry = self._execute(stage_recipe, output)
         entry.update(wall_seconds=round(time.perf_counter() - started, 1), status="done",
-                     trained_images=self.trained_images(stage), images_per_epoch=self.training_images(stage),
-                     training_set_images=self.training_set_images(stage))
-        self._trained_work += self.training_work(stage)
+                     trained_images=self.images_seen(stage_recipe), precision=stage_recipe.precision.as_entry(),
+                     images_per_epoch=stage_recipe.epoch_images, training_set_images=stage_recipe.set_images)
+        self._trained_macs += self.training_macs(stage_recipe)
         self._trained_seconds += entry["wall_seconds"]
-        entry["warning"] = stage_warning(entry, self._data_info().get("sample"))
+        entry["warning"] = stage_warning(entry, self.data.info().get("sample"))
         if entry["warning"]:
             self.log(f"WARNING: [{stage.id}] {entry['warning']}")
         self.summary.setdefault("stages", {})[stage.id] = entry

@@ -2,9 +2,13 @@
 
 A new stage is one more row; what a node needs is read off its row.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mnist_cnn_progression.models import BNConv, Conv, Dense, Network
+
+# The fields of a Stage that its fingerprint covers (Stage.recipe): a new field that changes what the stage
+# trains joins them, with care, since every finished run then retrains (tests/test_runner.py holds them).
+RECIPE_FIELDS = ("id", "network", "data", "eta", "lmbda", "epochs", "reference", "members", "optional")
 
 
 @dataclass(frozen=True)
@@ -18,11 +22,19 @@ class Stage:
     reference: float     # reference test accuracy, a fraction
     members: int = 1     # >1: a voting ensemble of this recipe
     optional: bool = False  # side results: run only when named
-    # Wiring, not recipe: left out of repr, which fingerprints the recipe (runner._stage_fingerprint).
-    member_zero_from: str = field(default="", repr=False)  # a stage whose network, when trained with this exact
-    #                                                         recipe, is member 0 (trained once, counted there)
-    run_bundle: bool = field(default=False, repr=False)    # its bundle is the run's bundle/, which mnist-predict
-    #                                                         and mnist-serve load
+    # Wiring, not recipe: left out of recipe(), so changing them retrains nothing.
+    member_zero_from: str = ""  # a stage whose network, when trained with this exact recipe, is member 0
+    #                             (trained once, counted there)
+    run_bundle: bool = False    # its bundle is the run's bundle/, which mnist-predict and mnist-serve load
+
+    def recipe(self) -> str:
+        """The row's part of the stage's fingerprint (pipeline.recipe): every field but the wiring.
+
+        Written as the dataclass's repr wrote these fields, which was the
+        fingerprint before this method: run directories made then are not retrained.
+        """
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in RECIPE_FIELDS)
+        return f"Stage({fields})"
 
     @property
     def needs(self) -> tuple[str, ...]:

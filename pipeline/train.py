@@ -20,6 +20,11 @@ chief into `checkpoint_dir`, any other worker into its own stable
 chief's checkpoint, so they resume after the same epoch, and a worker that
 cannot see the chief's checkpoint (a run directory that is not shared) stops
 all of them with a plain error instead of a collective mismatch.
+
+Under a mixed precision policy (TrainSettings.precision) the network computes
+in bfloat16 or float16, with loss scaling for float16, while its variables,
+the checkpoint and the kept best weights stay float32; validation and the
+network returned are a float32 copy, so evaluation and export see float32.
 """
 import csv
 import json
@@ -69,17 +74,22 @@ def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optim
         raise ValueError(f"unknown schedule {settings.schedule!r}")
     decay = settings.weight_decay or None
     if settings.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, weight_decay=decay)
-    if settings.optimizer == "adam":
-        return keras.optimizers.Adam(rate, weight_decay=decay)
-    raise ValueError(f"unknown optimizer {settings.optimizer!r}")
+        optimizer = keras.optimizers.SGD(rate, weight_decay=decay)
+    elif settings.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
+    else:
+        raise ValueError(f"unknown optimizer {settings.optimizer!r}")
+    # float16's narrow range underflows small gradients: the loss is scaled up, the gradients back down
+    return keras.optimizers.LossScaleOptimizer(optimizer) if settings.precision == "mixed_float16" else optimizer
 
 
 def make_train_steps(model, optimizer, strategy, global_batch: int):
     """A tf.function running `steps` training steps on a distributed iterator; returns the summed loss.
 
     Mean negative log-likelihood over the global batch plus the L2 term,
-    one optimizer update per step, on every replica of the strategy.
+    one optimizer update per step, on every replica of the strategy. The
+    gradients are of the loss as the optimizer scales it (a LossScaleOptimizer
+    scales it and unscales them; any other leaves it as it is).
     """
     def step(batch):
         x, y = batch
@@ -89,7 +99,8 @@ def make_train_steps(model, optimizer, strategy, global_batch: int):
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        gradients = tape.gradient(loss, model.trainable_variables)
+            scaled = optimizer.scale_loss(loss)  # on the tape: the gradients are of the scaled loss
+        gradients = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
 
@@ -180,6 +191,7 @@ def own_checkpoint_dir(checkpoint_dir: Path, strategy) -> Path:
 class TrainingState:
     """What a checkpoint holds: model, optimizer, the epochs done, and the best epoch so far with its weights."""
     model: keras.Model
+    evaluation_model: keras.Model  # the model itself in float32; under a mixed policy, a float32 copy
     optimizer: keras.optimizers.Optimizer
     best_weights: list
     epoch_done: tf.Variable
@@ -192,7 +204,9 @@ class TrainingState:
     @classmethod
     def start(cls, network, settings, strategy, steps_per_epoch: int, l2: float, start_weights, write_dir: Path):
         with strategy.scope():
-            model = build_network(network, l2=l2, seed=settings.seed, init=settings.init)
+            model = build_network(network, l2=l2, seed=settings.seed, init=settings.init,
+                                  precision=settings.precision)
+            evaluation_model = model if settings.precision == "float32" else build_network(network)
             if start_weights is not None:
                 model.set_weights(start_weights)
             optimizer = make_optimizer(settings, steps_per_epoch)
@@ -207,8 +221,8 @@ class TrainingState:
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_done, best_epoch=best_epoch,
                                          best_val=best_val, best_weights=best_weights, random_state=random_state)
         manager = tf.train.CheckpointManager(checkpoint, str(write_dir), max_to_keep=1)
-        return cls(model, optimizer, best_weights, epoch_done, best_epoch, best_val, checkpoint, manager,
-                   write_dir / "history.json")
+        return cls(model, evaluation_model, optimizer, best_weights, epoch_done, best_epoch, best_val, checkpoint,
+                   manager, write_dir / "history.json")
 
     @property
     def epochs_done(self) -> int:
@@ -229,14 +243,21 @@ class TrainingState:
             for saved, current in zip(self.best_weights, self.model.weights):
                 saved.assign(current.value)
 
+    def refresh_evaluation_model(self) -> keras.Model:
+        """The float32 model holding the weights trained so far (under float32, the model itself)."""
+        if self.evaluation_model is not self.model:
+            for copy, current in zip(self.evaluation_model.weights, self.model.weights):
+                copy.assign(current.value)
+        return self.evaluation_model
+
     def save(self, epoch: int, history: list) -> None:
         self.epoch_done.assign(epoch)
         write_json(self.history_path, history)  # before the checkpoint, so never shorter than it
         self.manager.save()
 
     def best_model(self, network, settings, l2: float, strategy) -> keras.Model:
-        """The model with the best epoch's weights."""
-        model = self.model
+        """The float32 model with the best epoch's weights."""
+        model = self.evaluation_model
         if is_multi_worker(strategy):
             # A model of this worker alone: Keras's predict on a multi-worker model gathers across workers, and
             # what the chief does with its model next (evaluate, export) the other workers do not do.
@@ -261,10 +282,12 @@ def run_epochs(state: TrainingState, training: inputs.Arrays, splits, settings: 
     """The epoch loop from the first epoch not done: train, validate, keep the best, checkpoint; seconds training."""
     model, first = state.model, state.epochs_done + 1
     train_steps = make_train_steps(model, state.optimizer, strategy, settings.batch_size)
-    correct_in, validation_batches = validation_counter(model, strategy, splits, settings.eval_batch_size)
+    correct_in, validation_batches = validation_counter(state.evaluation_model, strategy, splits,
+                                                        settings.eval_batch_size)
     validation_size = len(splits.validation_labels)
 
     def validation_accuracy():
+        state.refresh_evaluation_model()
         return sum(int(correct_in(batch)) for batch in validation_batches) / validation_size
 
     batches = iter(strategy.distribute_datasets_from_function(lambda ctx: training.training(

@@ -1,4 +1,4 @@
-"""Fixtures for the export tests: real digits, small trained nets, one bundle built from them; the project's commands.
+"""Fixtures: real digits, the pipeline's sample split, small trained nets and one bundle built from them; commands.
 
 Built once per session; the nets are small fully connected ones trained for a
 few seconds, good enough (~90%) that a real digit is recognised.
@@ -84,6 +84,13 @@ def mnist_digits():
     order = np.random.default_rng(0).permutation(len(table))
     images = (table[order, :-1] / 255).reshape(-1, 28, 28, 1)
     return images, table[order, -1].astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def sample():
+    """The pipeline's own sample split (pipeline.sources.from_sample): 4,000 / 500 / 500 real digits."""
+    from mnist_cnn_progression.pipeline import sources
+    return sources.from_sample()
 
 
 def train_small_net(images, labels, seed: int):

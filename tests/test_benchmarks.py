@@ -32,11 +32,27 @@ def test_the_benchmark_times_each_stage_at_its_own_preset_batch(tmp_path):
     """A preset may set the batch per stage (the fast preset trains conv1 at 64): the benchmark takes the stage's."""
     from benchmarks.train_throughput import main
     from mnist_cnn_progression.pipeline import config
-    result = main(["--stages", "conv1", "--images", "640", "--repeats", "1", "--compare", "",
+    result = main(["--stages", "conv1", "--images", "640", "--repeats", "1", "--compare", "", "--precisions", "",
                    "--out", str(tmp_path / "throughput.json")])
     batches = [row["batch"] for row in result["rows"]]
     assert batches == [config.for_stage(config.PRESETS[name], "batch_size", "conv1") for name in ("seed", "fast")]
     assert all(row["images_per_second_median"] > 0 for row in result["rows"])
+
+
+def test_the_benchmark_times_each_mixed_policy_asked_for_beside_float32_and_names_the_cpus_flags(tmp_path, capsys):
+    from benchmarks.train_throughput import main
+    from mnist_cnn_progression.pipeline import precision
+    result = main(["--stages", "baseline", "--images", "640", "--repeats", "1", "--compare", "",
+                   "--precisions", "mixed_bfloat16,mixed_float16", "--out", str(tmp_path / "throughput.json")])
+    assert [(row["method"], row["batch"]) for row in result["rows"]] == [
+        (method, batch) for batch in (10, 128)
+        for method in ("own step", "own step, mixed_bfloat16", "own step, mixed_float16")]
+    assert all(row["images_per_second_median"] > 0 for row in result["rows"])
+    flags = sorted(precision.cpu_flags() & set(precision.BF16_CPU_FLAGS))
+    written = json.loads((tmp_path / "throughput.json").read_text())
+    assert written["cpu_bfloat16_flags"] == flags and written["mixed_precisions"] == ["mixed_bfloat16", "mixed_float16"]
+    assert written["auto_precision"] == precision.resolve("auto", precision.this_machine()).as_entry()
+    assert f"CPU bfloat16 flags: {', '.join(flags) or 'none'}" in capsys.readouterr().out
 
 
 def fake_run(root, name: str, correct: np.ndarray, labels: np.ndarray):

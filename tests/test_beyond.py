@@ -17,7 +17,8 @@ from mnist_cnn_progression.inference.ensemble import Ensemble
 from mnist_cnn_progression.inference.vote import vote
 from mnist_cnn_progression.models import BNConv, Dense, Network
 from mnist_cnn_progression.models.networks import build_network, load_model
-from mnist_cnn_progression.pipeline.runner import DEFAULT_NODES, MEMBER_SEED_STRIDE
+from mnist_cnn_progression.pipeline.recipe import MEMBER_SEED_STRIDE
+from mnist_cnn_progression.pipeline.runner import DEFAULT_NODES
 from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 
 pytestmark = pytest.mark.slow  # these train the beyond stage's networks

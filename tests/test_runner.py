@@ -18,7 +18,7 @@ from mnist_cnn_progression.pipeline import config
 from mnist_cnn_progression.pipeline.errors import PipelineError
 from mnist_cnn_progression.pipeline.runner import Runner, plan
 from mnist_cnn_progression.pipeline.sources import SAMPLE_WARNING
-from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID, STAGES
 from conftest import module_command
 from tests.report_fixtures import markdown_table
 from tests.test_sources import SHARED_MNIST, make_mirror, needs_mnist
@@ -63,18 +63,38 @@ def test_naming_a_stage_plans_what_it_needs():
 def test_a_stages_wiring_is_not_part_of_its_recipe_fingerprint():
     """Where member 0 and the bundle come from changes no network: a finished run must not retrain for it."""
     ensemble = STAGE_BY_ID["ensemble"]
-    assert repr(dataclasses.replace(ensemble, member_zero_from="", run_bundle=False)) == repr(ensemble)
+    assert dataclasses.replace(ensemble, member_zero_from="", run_bundle=False).recipe() == ensemble.recipe()
+    assert dataclasses.replace(ensemble, epochs=41).recipe() != ensemble.recipe()
+
+
+# Recorded from the fingerprints of the code before Stage.recipe (runner._stage_fingerprint over repr(stage)).
+RECORDED_FINGERPRINTS = json.loads((REPO / "tests" / "recorded_fingerprints.json").read_text())
+RECORDED_DATA = {"full": {"train": 50_000, "digest": "0" * 64}, "sample": {"train": 4_000, "digest": "1" * 64}}
+
+
+def stage_fingerprints(run_dir: Path, preset: str, data: dict, overrides=("precision=float32",)) -> dict:
+    """Every stage's fingerprint in a run directory holding only `data`'s data.json and an expand fingerprint."""
+    from mnist_cnn_progression.pipeline.runner import Runner
+    (run_dir / "data").mkdir(parents=True, exist_ok=True)
+    (run_dir / "data" / "data.json").write_text(json.dumps(data))
+    (run_dir / "manifest.json").write_text(json.dumps({"expand": {"fingerprint": "e" * 64}}))
+    runner = Runner(run_dir, preset, config.resolve(preset, list(overrides)), "auto")
+    return {stage.id: runner.recipe(stage).fingerprint() for stage in STAGES}
+
+
+@pytest.mark.parametrize("data", RECORDED_DATA)
+@pytest.mark.parametrize("preset", config.PRESETS)
+def test_every_stage_keeps_the_fingerprint_it_had_so_no_finished_run_retrains(tmp_path, preset, data):
+    """Every run before the precision setting trained in float32: in float32 each stage keeps its fingerprint."""
+    fingerprints = stage_fingerprints(tmp_path, preset, RECORDED_DATA[data])
+    assert fingerprints == {stage.id: RECORDED_FINGERPRINTS[f"{data} {preset} {stage.id}"] for stage in STAGES}
 
 
 def test_chaining_the_members_changes_the_ensembles_fingerprint_and_no_other(tmp_path):
     """chain_epochs changes how the ensemble's members start: a finished run retrains that stage and no other."""
-    from mnist_cnn_progression.pipeline.runner import Runner
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "data.json").write_text(json.dumps({"train": 50_000, "digest": "0" * 64}))
-
     def fingerprints(*overrides):
-        runner = Runner(tmp_path, "fast", config.resolve("fast", list(overrides)), "auto")
-        return {stage: runner._stage_fingerprint(STAGE_BY_ID[stage]) for stage in ("dropout", "ensemble", "beyond")}
+        every = stage_fingerprints(tmp_path, "fast", RECORDED_DATA["full"], ("precision=float32", *overrides))
+        return {stage: every[stage] for stage in ("dropout", "ensemble", "beyond")}
 
     chained, independent = fingerprints(), fingerprints("chain_epochs.ensemble=0")
     assert chained["ensemble"] != independent["ensemble"]
@@ -165,6 +185,8 @@ FAIL_FAST = ("import sys; from mnist_cnn_progression.pipeline import cli; sys.mo
     (["--set", "epochs.conv9=3"], "error: --set 'epochs.conv9=3': there is no stage 'conv9'"),
     (["--set", "batch_size=big"], "error: --set 'batch_size=big': expected a int, not 'big'."),
     (["--set", "init.dropout=glorot"], "error: --set 'init.dropout=glorot': init is one of reference, he."),
+    (["--set", "precision=half"], "error: --set 'precision=half': precision is one of auto, float32, mixed_bfloat16, "
+                                  "mixed_float16."),
     (["--set", "chain_epochs.ensemble=-1"], "error: --set 'chain_epochs.ensemble=-1': chain_epochs is a whole number "
                                             "of 0 or more."),
 ])
@@ -198,8 +220,9 @@ def test_a_name_that_resembles_no_choice_gets_no_guess():
 VOTE, MEMBERS = 0.9762, (0.9794, 0.9770, 0.9701, 0.9688, 0.9650)  # a quick run's vote, below its best member
 
 
-def canned_stage(runner, stage, output, node_fingerprint) -> dict:
+def canned_stage(runner, stage_recipe, output) -> dict:
     """What a stage hands the runner, without its training: a network at 98%, or a vote below its best member."""
+    stage = stage_recipe.stage
     entry = {"network": stage.network.describe(), "data": stage.data, "epochs": 1, "best_epoch": 1,
              "val_accuracy": 0.98, "test_accuracy": 0.98, "reference_accuracy": stage.reference}
     if stage.members > 1:
@@ -373,11 +396,12 @@ def test_the_fast_preset_gives_every_network_enough_updates_to_leave_chance(tmp_
     from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "data.json").write_text(json.dumps({"train": train_images, "digest": "0" * 64}))
-    runner = Runner(tmp_path, "fast", config.resolve("fast", []), "auto")
-    assert runner.train_settings(STAGE_BY_ID["conv2"]).epochs == epochs
-    assert runner.train_settings(STAGE_BY_ID["dropout"]).epochs == dropout_epochs  # on 5x the images
-    assert runner.train_settings(STAGE_BY_ID["ensemble"], 0).epochs == dropout_epochs  # member 0 is dropout's network
-    assert [runner.train_settings(STAGE_BY_ID["ensemble"], k).epochs for k in (1, 4)] == [chained_epochs] * 2
+    runner = Runner(tmp_path, "fast", config.resolve("fast", ["precision=float32"]), "auto")
+    settings = lambda stage: runner.recipe(STAGE_BY_ID[stage]).settings
+    assert settings("conv2")[0].epochs == epochs
+    assert settings("dropout")[0].epochs == dropout_epochs  # on 5x the images
+    assert settings("ensemble")[0].epochs == dropout_epochs  # member 0 is dropout's network
+    assert [settings("ensemble")[k].epochs for k in (1, 4)] == [chained_epochs] * 2
 
 
 @pytest.mark.slow

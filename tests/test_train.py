@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mnist_cnn_progression.models.networks import build_network
-from mnist_cnn_progression.pipeline import sources, strategy as strategies
+from mnist_cnn_progression.pipeline import strategy as strategies
 from mnist_cnn_progression.pipeline.errors import PipelineError
 from mnist_cnn_progression.pipeline.modelstage import (StageJob, members_at_once, run_concurrently, train_chain,
                                                        train_side_by_side)
@@ -21,11 +21,6 @@ from mnist_cnn_progression.pipeline.train import TrainSettings, shift_only_from,
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def sample():
-    return sources.from_sample()
 
 
 def quiet(*args):
@@ -164,6 +159,20 @@ class Stopped(Exception):
     pass
 
 
+def stopped_after_epoch_1_then_resumed(run, tmp_path) -> tuple:
+    """run(directory, log) straight through, and once stopped right after epoch 1 (as a kill would leave it) then
+    run again: (the whole run, the resumed one, the resumed run's log lines)."""
+    def stop_after_epoch_1(text):
+        if text.lstrip().startswith("epoch   1/"):  # logged once epoch 1 is checkpointed
+            raise Stopped
+
+    whole = run(tmp_path / "whole", quiet)
+    with pytest.raises(Stopped):
+        run(tmp_path / "resumed", stop_after_epoch_1)
+    lines = []
+    return whole, run(tmp_path / "resumed", lines.append), lines
+
+
 @pytest.mark.slow
 def test_a_stage_stopped_after_an_epoch_resumes_to_the_weights_of_an_uninterrupted_run(sample, tmp_path):
     """Exact resume: weights, optimizer, best weights and the dropout seed state all come back from the checkpoint.
@@ -177,16 +186,7 @@ def test_a_stage_stopped_after_an_epoch_resumes_to_the_weights_of_an_uninterrupt
                              max_shift=1, steps_per_call=7, seed=2)
     run = lambda directory, log: train(STAGE_BY_ID["dropout"].network, sample, "train", settings,
                                        strategies.choose("default"), directory, log=log, train_limit=300)
-
-    def stop_after_epoch_1(text):
-        if text.lstrip().startswith("epoch   1/3"):  # logged once epoch 1 is checkpointed
-            raise Stopped
-
-    whole = run(tmp_path / "whole", quiet)
-    with pytest.raises(Stopped):
-        run(tmp_path / "resumed", stop_after_epoch_1)
-    lines = []
-    resumed = run(tmp_path / "resumed", lines.append)
+    whole, resumed, lines = stopped_after_epoch_1_then_resumed(run, tmp_path)
     assert any("resuming after epoch 1 of 3" in line for line in lines)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3] and resumed.resumed_from_epoch == 1
     assert [h["val_accuracy"] for h in resumed.history] == [h["val_accuracy"] for h in whole.history]
