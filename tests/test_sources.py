@@ -92,23 +92,29 @@ def test_mirror_over_http_gives_the_reference_split(server, tmp_path):
     assert not leftovers(tmp_path / "cache")
 
 
-def test_checksum_mismatch_is_retried_once_then_reported(server, tmp_path):
+def a_checksum_mismatch(server) -> str:
     sums = (server.root / "SHA256SUMS").read_text().replace(
         hashlib.sha256((server.root / "t10k-labels-idx1-ubyte.gz").read_bytes()).hexdigest(), "0" * 64)
     (server.root / "SHA256SUMS").write_text(sums)
-    with pytest.raises(PipelineError, match="t10k-labels-idx1-ubyte.gz from .* failed its SHA-256 check twice"):
-        sources.from_mirror(server.url, tmp_path / "cache")
-    assert server.requests.count("t10k-labels-idx1-ubyte.gz") == 2
-    assert not (tmp_path / "cache" / "t10k-labels-idx1-ubyte.gz").exists()
-    assert not leftovers(tmp_path / "cache")
+    return "t10k-labels-idx1-ubyte.gz"
 
 
-def test_a_transfer_cut_short_twice_is_reported_and_leaves_nothing(server, tmp_path):
+def a_transfer_cut_short_twice(server) -> str:
     server.truncate["train-images-idx3-ubyte.gz"] = 2
-    with pytest.raises(PipelineError, match="transfer of .*train-images-idx3-ubyte.gz was cut short"):
+    return "train-images-idx3-ubyte.gz"
+
+
+@pytest.mark.parametrize("fault, message", [
+    (a_checksum_mismatch, "t10k-labels-idx1-ubyte.gz from .* failed its SHA-256 check twice"),
+    (a_transfer_cut_short_twice, "transfer of .*train-images-idx3-ubyte.gz was cut short"),
+])
+def test_a_file_that_fails_twice_is_reported_and_leaves_nothing(server, tmp_path, fault, message):
+    """Each file is fetched again once; a second failure is one sentence, and nothing half-written is kept."""
+    name = fault(server)
+    with pytest.raises(PipelineError, match=message):
         sources.from_mirror(server.url, tmp_path / "cache")
-    assert server.requests.count("train-images-idx3-ubyte.gz") == 2
-    assert not (tmp_path / "cache" / "train-images-idx3-ubyte.gz").exists()
+    assert server.requests.count(name) == 2
+    assert not (tmp_path / "cache" / name).exists()
     assert not leftovers(tmp_path / "cache")
 
 
