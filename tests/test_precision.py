@@ -51,7 +51,10 @@ def test_the_cpu_flags_come_from_cpuinfo(tmp_path):
 
 
 def test_the_setting_has_four_choices_and_each_preset_its_default():
-    assert [config.PRESETS[name]["precision"] for name in ("seed", "fast", "quick")] == ["float32", "auto", "float32"]
+    assert [config.PRESETS[name]["precision"] for name in ("seed", "quick")] == ["float32", "float32"]
+    fast = config.resolve("fast", [])  # auto, but the stage-6 networks keep their figures in float32
+    assert [config.for_stage(fast, "precision", stage) for stage in ("conv2_relu", "extra_fc", "dropout", "ensemble")] \
+        == ["auto", "auto", "float32", "float32"]
     assert config.resolve("seed", ["precision.conv1=mixed_bfloat16"])["precision"] == {
         "default": "float32", "conv1": "mixed_bfloat16"}
     with pytest.raises(PipelineError, match="precision is one of auto, float32, mixed_bfloat16, mixed_float16"):
