@@ -38,8 +38,9 @@ PRESETS = {
     # last epoch is shifts only (no turns or zooms), and each ensemble member after the first (member 0 is
     # the dropout network) trains 2 epochs on from the one before it: 3.5 million stage-6 images in all.
     # Mixed precision where the chip has it (pipeline.precision), but for the stage-6 networks: under
-    # mixed_bfloat16 they lost 0.02-0.05 pp and the vote 0.05-0.10 pp, under their references (docs/recipes.md#mixed-precision),
-    # so they train in float32 until a recipe keeps their figures in bfloat16.
+    # mixed_bfloat16 the dropout network lost 0.03-0.06 pp over three seeds and the vote 0.03-0.10 pp (mean
+    # 99.63%, under the reference; docs/recipes.md#mixed-precision): they train in float32 until a recipe
+    # keeps their figures in bfloat16.
     "fast": {
         "batch_size": {"default": 128, "conv1": 64}, "optimizer": "adam", "learning_rate": 0.002,
         "schedule": "warmup_cosine", "warmup_fraction": 0.03,
