@@ -143,6 +143,7 @@ def train(network: Network, splits, data: str, settings: TrainSettings, strategy
     start_weights: weights to start from instead of fresh ones (a chained ensemble member starts from the
     previous member's); a checkpoint, when there is one, still wins.
     """
+    check_replicas(settings.batch_size, strategy.num_replicas_in_sync)
     training = training_arrays(splits, data, train_limit)
     steps_per_epoch = full_batches(training.size, settings.batch_size)
     l2 = 0.5 * settings.lmbda / steps_per_epoch  # the reference L2 term, per mini-batch
@@ -178,6 +179,19 @@ def full_batches(images: int, global_batch: int) -> int:
         raise PipelineError(f"{images} training images make no full batch of {global_batch}; "
                             f"lower batch_size or raise train_limit.")
     return images // global_batch
+
+
+def check_replicas(global_batch: int, replicas: int) -> None:
+    """Every replica takes an equal share of a global batch (tf.distribute's rule), said as a sentence up front."""
+    if global_batch % replicas:
+        raise PipelineError(f"batch_size {global_batch} does not split evenly over the strategy's {replicas} "
+                            f"replicas: set --set batch_size= a multiple of {replicas}, such as "
+                            f"{max(replicas, global_batch // replicas * replicas)}.")
+
+
+def evaluation_batch(batch_size: int, replicas: int) -> int:
+    """The validation batch rounded down to a multiple of the replicas (1,000 does not split over 3)."""
+    return max(replicas, batch_size // replicas * replicas)
 
 
 def own_checkpoint_dir(checkpoint_dir: Path, strategy) -> Path:
@@ -282,8 +296,9 @@ def run_epochs(state: TrainingState, training: inputs.Arrays, splits, settings: 
     """The epoch loop from the first epoch not done: train, validate, keep the best, checkpoint; seconds training."""
     model, first = state.model, state.epochs_done + 1
     train_steps = make_train_steps(model, state.optimizer, strategy, settings.batch_size)
-    correct_in, validation_batches = validation_counter(state.evaluation_model, strategy, splits,
-                                                        settings.eval_batch_size)
+    correct_in, validation_batches = validation_counter(
+        state.evaluation_model, strategy, splits, evaluation_batch(settings.eval_batch_size,
+                                                                   strategy.num_replicas_in_sync))
     validation_size = len(splits.validation_labels)
 
     def validation_accuracy():

@@ -8,6 +8,7 @@ an epoch; 3,920 training images, so that each epoch's last 80 make no global bat
 replica's 64 (as full MNIST's 50,000 do at batch 128).
 """
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,14 +26,15 @@ STAGE = "conv2_relu"
 EPOCHS = 8
 
 
-def command(run_dir: Path, strategy: str) -> list[str]:
+def command(run_dir: Path, strategy: str, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "tests" / "two_cpu_pipeline.py"), "--preset", "quick", "--data", "sample",
             "--run-dir", str(run_dir), "--stages", STAGE, "--set", f"strategy={strategy}",
-            "--set", f"epochs={EPOCHS}", "--set", "train_limit=3920"]
+            "--set", f"epochs={EPOCHS}", "--set", "train_limit=3920", *extra]
 
 
-def run(run_dir: Path, strategy: str) -> str:
-    done = subprocess.run(command(run_dir, strategy), cwd=ROOT, capture_output=True, text=True, timeout=300)
+def run(run_dir: Path, strategy: str, *extra: str) -> str:
+    done = subprocess.run(command(run_dir, strategy, *extra), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -108,3 +110,44 @@ def test_a_stage_under_mirrored_strategy_matches_the_default_strategy_and_resume
     for name in whole:
         np.testing.assert_array_equal(whole[name], resumed[name], err_msg=name)
     assert stage_entry(killed_dir)[1]["test_accuracy"] == mirrored["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_three_replicas_refuse_a_batch_they_cannot_share_and_train_one_they_can(tmp_path):
+    """Three devices: batch 128 gets one sentence naming a batch that splits; 129 trains, the validation batch
+    of 1,000 rounded down to 999 (tf.distribute refuses a global batch that does not split evenly, with a traceback)."""
+    three = {**os.environ, "CPU_DEVICES": "3"}
+
+    def pipeline(run_dir: Path, *arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "tests" / "two_cpu_pipeline.py"), "--preset", "quick",
+                               "--data", "sample", "--run-dir", str(run_dir), "--stages", "baseline", "--set",
+                               "strategy=mirrored", "--set", "epochs=1", "--set", "train_limit=640", *arguments],
+                              cwd=ROOT, env=three, capture_output=True, text=True, timeout=300)
+    refused = pipeline(tmp_path / "refused")
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert refused.stderr.splitlines()[-1] == ("error: batch_size 128 does not split evenly over the strategy's 3 "
+                                               "replicas: set --set batch_size= a multiple of 3, such as 126.")
+    assert "Traceback" not in refused.stderr  # above it only TensorFlow's native start-up notices
+    done = pipeline(tmp_path / "trained", "--set", "batch_size=129")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads((tmp_path / "trained" / "summary.json").read_text())
+    assert "MirroredStrategy (3 replica(s))" in summary["environment"]["strategy"]
+    entry = summary["stages"]["baseline"]  # four steps: trained, validated, kept, exported; not yet learned
+    assert entry["status"] == "done" and entry["export"]["parity_max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_mirrored_under_mixed_bfloat16_learns_as_the_default_strategy_and_exports_float32(tmp_path):
+    """The GPU path with the policy `auto` picks on recent GPUs: two replicas computing in bfloat16, the variables,
+    evaluation and export in float32, within 0.5 pp of the default strategy under the same policy."""
+    entries = {}
+    for strategy in ("default", "mirrored"):
+        run(tmp_path / strategy, strategy, "--set", "precision=mixed_bfloat16")
+        entries[strategy] = stage_entry(tmp_path / strategy)[1]
+    mirrored = entries["mirrored"]
+    assert mirrored["precision"] == {"policy": "mixed_bfloat16", "why": "set"}
+    assert entries["default"]["test_accuracy"] > 0.85
+    assert abs(mirrored["test_accuracy"] - entries["default"]["test_accuracy"]) <= 0.005
+    assert mirrored["export"]["parity_max_abs_diff"] <= 1e-5
+    assert onnx_accuracy(tmp_path / "mirrored", mirrored, "test") == pytest.approx(mirrored["test_accuracy"],
+                                                                                    abs=0.002)
