@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, package_files
 
 INFERENCE = Path(__file__).resolve().parents[1] / "inference"
 HOOKS = INFERENCE / "serve" / "mlserver_hooks.py"
@@ -23,7 +23,8 @@ def private_names(tree: ast.AST) -> list[str]:
 
 def test_no_module_but_the_hooks_names_a_private_attribute():
     """The inference package's own classes keep no private attributes either, so any one found is a dependency's."""
-    offenders = {str(path.relative_to(INFERENCE)): names for path in sorted(INFERENCE.rglob("*.py")) if path != HOOKS
+    modules = [path for name, path in sorted(package_files(INFERENCE).items()) if name.endswith(".py")]
+    offenders = {str(path.relative_to(INFERENCE)): names for path in modules if path != HOOKS
                  and (names := private_names(ast.parse(path.read_text())))}
     assert offenders == {}
     assert {"_rest_server", "_grpc_server", "_data_plane", "_model_registry"} <= set(
