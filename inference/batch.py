@@ -243,6 +243,19 @@ def write_results(dataset, directory: Path, progress: Progress) -> Counter:
     return by_worker
 
 
+def output_problem(output: Path) -> str | None:
+    """Why OUT cannot be written, as the end of a sentence; None when it can (its parent made if need be)."""
+    if output.exists() and not output.is_dir():
+        return "it is a file, not a directory"
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"{output.parent} cannot be made a directory ({error.strerror or error})"
+    if not os.access(output.parent, os.W_OK):
+        return f"{output.parent} is not writable"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, metavar="DIR|GLOB",
@@ -271,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     files = input_files(args.input)
     if not files:
         print(f"error: {args.input} is no directory and matches no file.", file=sys.stderr)
+        return 2
+    problem = output_problem(args.output)
+    if problem:  # found now, not once every file is classified
+        print(f"error: cannot write the output to {args.output}: {problem}.", file=sys.stderr)
         return 2
     manifest = classify_files(files, models, args.output, address=args.address, workers=args.workers)
     print(json.dumps({key: manifest[key] for key in ("files", "images", "predictions", "errors", "seconds")}))

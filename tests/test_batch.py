@@ -205,6 +205,17 @@ def test_on_a_terminal_the_progress_line_is_rewritten_in_place_and_ends_with_the
     assert re.fullmatch(r"mnist-batch: 100 of 100 files \(100%\), [\d,]+ files/s, done in \d+ s\n", lines[-1])
 
 
+@pytest.mark.parametrize("where, sentence", [
+    ("afile/out", "afile cannot be made a directory (File exists)"), ("afile", "it is a file, not a directory")])
+def test_an_output_that_cannot_be_written_is_one_sentence_before_any_work(bundle, tmp_path, where, sentence):
+    (tmp_path / "afile").write_text("")
+    np.save(tmp_path / "digits.npy", np.zeros((2, 28, 28), np.uint8))
+    done = subprocess.run([*module_command("inference.batch"), "--input", str(tmp_path / "digits.npy"), "--output",
+                           str(tmp_path / where), "--models", str(bundle)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith(f"error: cannot write the output to {tmp_path / where}: ")
+    assert sentence in done.stderr and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
 def test_when_ray_cannot_start_its_lines_reach_stderr_and_stderr_is_restored(monkeypatch, capfd):
     def failing_start(address):
         os.write(2, b"Ray: cannot reach the cluster\n")
