@@ -136,8 +136,8 @@ class Rollout:
 
     def wanted(self) -> list[int]:
         """The versions BASE may serve (inference.releases.serving_order), less those refused as they are now."""
-        return [version for version in serving_order(self.path) if self.refused.get(version)
-                != files_signature(self.path / str(version))]
+        return [version for version in serving_order(self.path) if version not in self.refused
+                or self.refused[version] != files_signature(self.path / str(version))]
 
     def refuse(self, version: int, error: Exception) -> None:
         self.refused[version] = files_signature(self.path / str(version))
