@@ -29,7 +29,7 @@ PRESETS = {
         "warmup_fraction": 0.0, "epochs": "reference", "shuffle": False, "max_shift": 0,
         "max_rotation": 0.0, "max_zoom": 0.0, "shift_only_last_epochs": 0, "init": "reference", "weight_decay": 0.0,
         "chain_epochs": 0, "steps_per_call": 100, "train_limit": 0, "min_steps": 0, "seed": 0,
-        "strategy": "auto", "parallel_members": "auto", "precision": "float32",
+        "strategy": "auto", "parallel_members": "auto", "precision": "float32", "float32_last_epochs": 0,
     },
     # The same networks and data, trained the modern way: Adam, warm-up + cosine, reshuffling, larger
     # batches, random 1-pixel shifts on the fly, and far fewer epochs (the dropout network sees 1.5 million
@@ -56,6 +56,7 @@ PRESETS = {
         # this many updates: the sigmoid networks sit at chance for their first ~650 (full MNIST gives 5,000+).
         "steps_per_call": 50, "train_limit": 0, "min_steps": 2000, "seed": 0, "strategy": "auto",
         "parallel_members": "auto", "precision": {"default": "auto", "dropout": "float32", "ensemble": "float32"},
+        "float32_last_epochs": 0,
     },
     # Every stage end to end in minutes: a smoke test and demo, not an accuracy run, in float32 so that it
     # runs alike on every machine. (Sigmoid nets sit on a plateau for their first few hundred steps: ~470
@@ -66,12 +67,12 @@ PRESETS = {
         "shift_only_last_epochs": 0, "init": "reference", "weight_decay": 0.0,
         "chain_epochs": {"default": 0, "ensemble": 1}, "steps_per_call": 50,
         "train_limit": 20000, "min_steps": 0, "seed": 0, "strategy": "auto", "parallel_members": "auto",
-        "precision": "float32",
+        "precision": "float32", "float32_last_epochs": 0,
     },
 }
 CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("constant", "warmup_cosine"), "init": ("reference", "he"),
            "precision": precision.CHOICES}
-COUNTS = ("chain_epochs",)  # whole numbers of 0 or more
+COUNTS = ("chain_epochs", "float32_last_epochs")  # whole numbers of 0 or more
 
 
 def parse_value(text: str, current):
@@ -159,15 +160,19 @@ class TrainSettings:
     init: str = "reference"    # starting weights (models.layers.initializers)
     eval_batch_size: int = SCORING_BATCH
     precision: str = "float32"  # the dtype policy the network trains under (pipeline.precision.POLICIES)
+    float32_last_epochs: int = 0  # under a mixed policy, the last epochs train in float32 (0 under float32)
 
 
 def as_record(settings: TrainSettings) -> dict:
     """The settings as summary.json and the stage fingerprints record them.
 
-    precision only when it is not float32: it came later, and the records of
-    the float32 runs before it (and so their fingerprints) stay as they were.
+    precision only when it is not float32, float32_last_epochs only when set:
+    they came later, and the records of the runs before them (and so their
+    fingerprints) stay as they were.
     """
     record = dataclasses.asdict(settings)
     if record["precision"] == "float32":
         del record["precision"]
+    if not record["float32_last_epochs"]:
+        del record["float32_last_epochs"]
     return record

@@ -16,7 +16,7 @@ on any machine with the hardware faked; this_machine reads the real one
 (TensorFlow, for the GPUs), only when a setting is `auto`.
 """
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -35,12 +35,21 @@ class Hardware:
 class Precision:
     policy: str  # one of POLICIES
     why: str     # "set", or what `auto` saw
+    float32_last_epochs: int = 0  # under a mixed policy, each network's last epochs train in float32
 
     def describe(self) -> str:
-        return f"{self.policy} ({self.why})"
+        tail = {0: "", 1: ", each network's last epoch in float32"}.get(
+            self.float32_last_epochs, f", each network's last {self.float32_last_epochs} epochs in float32")
+        return f"{self.policy} ({self.why}){tail}"
 
     def as_entry(self) -> dict:
-        return {"policy": self.policy, "why": self.why}
+        """As summary.json records it (Precision(**entry) reads it back)."""
+        return {"policy": self.policy, "why": self.why,
+                **({"float32_last_epochs": self.float32_last_epochs} if self.float32_last_epochs else {})}
+
+    def ending_in_float32(self, epochs: int) -> "Precision":
+        """This precision with its last `epochs` in float32, where it is mixed (float32 has nothing to end)."""
+        return replace(self, float32_last_epochs=epochs if self.policy != "float32" else 0)
 
 
 def resolve(asked: str, hardware: Hardware) -> Precision:

@@ -3,7 +3,8 @@
 The fingerprint decides whether a finished stage is redone: it covers the
 stage's row (Stage.recipe), every network's settings, the data and the
 training limit; a setting added later enters it only when it differs from
-what came before (chain_epochs when set, precision when not float32), so that
+what came before (chain_epochs when set, precision when not float32,
+float32_last_epochs when set), so that
 the run directories made before it are not retrained.
 No TensorFlow here: the runner plans with it before any stage trains.
 """
@@ -65,14 +66,15 @@ def resolve(stage: Stage, settings: dict, data_info: dict, expanded: str | None,
     count = data_info["train"] * (len(expand.SHIFTS) if stage.data == "expanded" else 1)
     epoch_images = min(count, settings["train_limit"] or count)
     chain = int(value("chain_epochs")) if stage.members > 1 else 0
-    return Recipe(stage=stage, settings=tuple(member_settings(stage, value, k, epoch_images, chain, precision.policy)
+    return Recipe(stage=stage, settings=tuple(member_settings(stage, value, k, epoch_images, chain, precision)
                                               for k in range(stage.members)),
                   epoch_images=epoch_images, set_images=count, chain_epochs=chain, train_limit=settings["train_limit"],
                   data=data_info["digest"], expanded=expanded if stage.data == "expanded" else None,
                   precision=precision)
 
 
-def member_settings(stage: Stage, value, member: int, epoch_images: int, chain: int, policy: str) -> TrainSettings:
+def member_settings(stage: Stage, value, member: int, epoch_images: int, chain: int,
+                    precision: Precision) -> TrainSettings:
     """One network's settings; member k of a voting stage is seeded MEMBER_SEED_STRIDE x k apart.
 
     A chained member (k > 0, chain_epochs) trains chain_epochs epochs on from
@@ -92,4 +94,4 @@ def member_settings(stage: Stage, value, member: int, epoch_images: int, chain: 
         max_rotation=float(value("max_rotation")), max_zoom=float(value("max_zoom")),
         shift_only_last_epochs=int(value("shift_only_last_epochs")),
         steps_per_call=int(value("steps_per_call")), seed=int(value("seed")) + MEMBER_SEED_STRIDE * member,
-        init=value("init"), precision=policy)
+        init=value("init"), precision=precision.policy, float32_last_epochs=precision.float32_last_epochs)

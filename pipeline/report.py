@@ -21,6 +21,7 @@ from mnist_cnn_progression.inference.run_layout import RunLayout
 from mnist_cnn_progression.inference.vote import vote
 from mnist_cnn_progression.models import Conv
 from mnist_cnn_progression.pipeline.evaluate import NUM_CLASSES, evaluate
+from mnist_cnn_progression.pipeline.precision import Precision
 from mnist_cnn_progression.inference.files import staged_directory
 from mnist_cnn_progression.pipeline.stages import BEYOND_SEED, STAGE_BY_ID, STAGES
 
@@ -164,7 +165,7 @@ class _Report:
         for stage_id in self.done:
             chosen = self.stages[stage_id].get("precision")
             if chosen:
-                trained_in.setdefault(f"{chosen['policy']} ({chosen['why']})", []).append(stage_id)
+                trained_in.setdefault(Precision(**chosen).describe(), []).append(stage_id)
         if trained_in:
             self.add("p", "Precision: " + "; ".join(f"{', '.join(ids)} in {how}" for how, ids in trained_in.items())
                      + ". Evaluation and export are float32 whatever the training precision.")

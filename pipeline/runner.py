@@ -287,8 +287,10 @@ class Runner:
     def _precision(self, stage: Stage, chief_policy: str | None) -> Precision:
         asked = config.for_stage(self.settings, "precision", stage.id)
         if asked == "auto" and chief_policy:
-            return Precision(chief_policy, "auto, as the chief chose")
-        return precision.resolve(asked, precision.this_machine() if asked == "auto" else precision.Hardware())
+            chosen = Precision(chief_policy, "auto, as the chief chose")
+        else:
+            chosen = precision.resolve(asked, precision.this_machine() if asked == "auto" else precision.Hardware())
+        return chosen.ending_in_float32(int(config.for_stage(self.settings, "float32_last_epochs", stage.id)))
 
     def _member_zero_source(self, stage_recipe: Recipe) -> Path | None:
         """stage.member_zero_from's directory when its network counts as the stage's member 0: same exact recipe."""

@@ -25,6 +25,10 @@ Under a mixed precision policy (TrainSettings.precision) the network computes
 in bfloat16 or float16, with loss scaling for float16, while its variables,
 the checkpoint and the kept best weights stay float32; validation and the
 network returned are a float32 copy, so evaluation and export see float32.
+Its last `float32_last_epochs` epochs compute in float32: the same variables
+and optimizer, each layer's Keras dtype policy switched to float32 and the
+step traced again, so the weights settle where float32 (the evaluation and
+the export) sees them.
 """
 import csv
 import json
@@ -58,9 +62,20 @@ class Trained:
     resumed_from_epoch: int = 0
 
 
+def first_of_last(epochs: int, last: int) -> int:
+    """The first of the last `last` of `epochs` epochs (0: none; asking for more epochs than there are means all)."""
+    return max(1, epochs - last + 1) if last else 0
+
+
 def shift_only_from(settings: TrainSettings) -> int:
-    """The first epoch without turns and zooms (0: none; asking for more epochs than there are means all)."""
-    return max(1, settings.epochs - settings.shift_only_last_epochs + 1) if settings.shift_only_last_epochs else 0
+    """The first epoch without turns and zooms."""
+    return first_of_last(settings.epochs, settings.shift_only_last_epochs)
+
+
+def compute_in_float32(model: keras.Model) -> None:
+    """Every layer computes in float32 from its next trace on (its variables are float32 already)."""
+    for layer in model.layers:
+        layer.dtype_policy = "float32"
 
 
 def make_optimizer(settings: TrainSettings, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -295,7 +310,7 @@ def run_epochs(state: TrainingState, training: inputs.Arrays, splits, settings: 
                steps_per_epoch: int, history: list, log, tensorboard_dir: Path | None, queued_after: int) -> float:
     """The epoch loop from the first epoch not done: train, validate, keep the best, checkpoint; seconds training."""
     model, first = state.model, state.epochs_done + 1
-    train_steps = make_train_steps(model, state.optimizer, strategy, settings.batch_size)
+    float32_from = first_of_last(settings.epochs, settings.float32_last_epochs)
     correct_in, validation_batches = validation_counter(
         state.evaluation_model, strategy, splits, evaluation_batch(settings.eval_batch_size,
                                                                    strategy.num_replicas_in_sync))
@@ -312,11 +327,21 @@ def run_epochs(state: TrainingState, training: inputs.Arrays, splits, settings: 
     # Each network's functions are traced once, up front, for their input specs. A run trains a dozen
     # networks, each with functions of its own: traced on first call instead, TensorFlow counts them
     # all as one function retraced again and again, and warns.
-    train_steps.get_concrete_function(batches, tf.constant(settings.steps_per_call))
+    def traced_train_steps():
+        function = make_train_steps(model, state.optimizer, strategy, settings.batch_size)
+        function.get_concrete_function(batches, tf.constant(settings.steps_per_call))
+        return function
+
+    train_steps = None
     correct_in.get_concrete_function(validation_batches.element_spec)
     writer = tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir and is_chief(strategy) else None
     seconds_training = 0.0
     for epoch in range(first, settings.epochs + 1):
+        if train_steps is None or epoch == float32_from:
+            if float32_from and epoch >= float32_from:
+                compute_in_float32(model)
+                log(f"  epoch {epoch} on: float32 (float32_last_epochs {settings.float32_last_epochs})")
+            train_steps = traced_train_steps()
         started = time.perf_counter()
         loss_sum, done = 0.0, 0
         while done < steps_per_epoch:

@@ -79,6 +79,19 @@ def test_the_precision_enters_the_fingerprint_only_when_it_is_not_float32(tmp_pa
                                  precision="mixed_bfloat16")
     assert config.as_record(mixed)["precision"] == "mixed_bfloat16"
     assert "precision" not in config.as_record(replace(mixed, precision="float32"))
+    assert "float32_last_epochs" not in config.as_record(mixed)
+    assert config.as_record(replace(mixed, float32_last_epochs=1))["float32_last_epochs"] == 1
+
+
+def test_float32_last_epochs_enters_the_fingerprint_only_under_a_mixed_policy(tmp_path, monkeypatch):
+    data = RECORDED_DATA["full"]
+    recorded = {stage.id: RECORDED_FINGERPRINTS[f"full fast {stage.id}"] for stage in STAGES}
+    monkeypatch.setattr(precision, "this_machine", lambda: NO_BF16)  # auto: float32, which has nothing to end
+    assert stage_fingerprints(tmp_path, "fast", data, ("float32_last_epochs=1",)) == recorded
+    monkeypatch.setattr(precision, "this_machine", lambda: AMD_BF16)
+    mixed = stage_fingerprints(tmp_path, "fast", data, ("precision=auto",))
+    ending = stage_fingerprints(tmp_path, "fast", data, ("precision=auto", "float32_last_epochs.ensemble=1"))
+    assert [stage for stage in recorded if ending[stage] != mixed[stage]] == ["ensemble"]
 
 
 def test_another_worker_follows_the_chiefs_auto_precision(tmp_path, monkeypatch):
@@ -198,6 +211,35 @@ def test_a_mixed_precision_network_stopped_after_an_epoch_resumes_to_the_uninter
     assert any("dynamic_scale" in name for name in names) == (policy == "mixed_float16")
 
 
+def test_the_last_epochs_train_in_float32_when_float32_last_epochs_says_so(sample, tmp_path):
+    """float32_last_epochs switches the network to float32 for its last epochs, and only for them."""
+    network = STAGE_BY_ID["conv2_relu"].network
+    run = lambda name, policy, **changes: train(network, sample, "train", settings_in(policy, **changes),
+                                                strategies.choose("default"), tmp_path / name, log=quiet,
+                                                train_limit=LIMIT)
+    bfloat16, float32 = run("bf16", "mixed_bfloat16"), run("f32", "float32")
+    ending = run("ending", "mixed_bfloat16", float32_last_epochs=1)
+    assert ending.history[0]["loss"] == bfloat16.history[0]["loss"]  # epoch 1 in bfloat16
+    assert ending.history[1]["loss"] != bfloat16.history[1]["loss"]
+    every_epoch = run("every", "mixed_bfloat16", float32_last_epochs=2)  # all of them: float32 from the start
+    assert [h["loss"] for h in every_epoch.history] == [h["loss"] for h in float32.history]
+    for a, b in zip(every_epoch.model.get_weights(), float32.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("last", [1, 3])  # the switch after the resume (epoch 3), and before it (epoch 1)
+def test_a_network_ending_in_float32_resumes_in_the_precision_of_its_epoch(sample, tmp_path, last):
+    settings = settings_in("mixed_bfloat16", epochs=3, float32_last_epochs=last)
+    run = lambda directory, log: train(STAGE_BY_ID["dropout"].network, sample, "train", settings,
+                                       strategies.choose("default"), directory, log=log, train_limit=LIMIT // 2)
+    whole, resumed, lines = stopped_after_epoch_1_then_resumed(run, tmp_path)
+    assert resumed.resumed_from_epoch == 1
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert f"  epoch {max(2, 4 - last)} on: float32 (float32_last_epochs {last})" in lines
+
+
 def test_ensemble_members_train_side_by_side_in_two_threads_under_a_mixed_policy(sample, tmp_path):
     """Each member has its own policy: two threads give the members one thread gives, and the global stays float32."""
     import keras
@@ -238,3 +280,9 @@ def test_the_log_summary_and_report_say_what_precision_a_stage_used_and_why(tmp_
     assert cli.main(arguments) == 0 and "[baseline] done already" in capsys.readouterr().out
     assert cli.main([*arguments, "--set", "precision=float32"]) == 0
     assert "  precision float32 (set)" in capsys.readouterr().out
+    assert cli.main([*arguments, "--set", "float32_last_epochs=1"]) == 0
+    ending = "mixed_bfloat16 (auto: CPU has avx512_bf16), each network's last epoch in float32"
+    assert f"  precision {ending}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "summary.json").read_text())["stages"]["baseline"]["precision"] == {
+        "policy": "mixed_bfloat16", "why": "auto: CPU has avx512_bf16", "float32_last_epochs": 1}
+    assert f"Precision: baseline in {ending}." in (tmp_path / "report" / "report.md").read_text()
