@@ -191,16 +191,22 @@ def test_mixed_precision_trains_other_numbers_than_float32(sample, tmp_path):
     assert runs["float32"].history[0]["loss"] == pytest.approx(runs["mixed_bfloat16"].history[0]["loss"], rel=0.05)
 
 
-@pytest.mark.parametrize("policy", MIXED)
+@pytest.mark.parametrize("policy, last", [*((policy, 0) for policy in MIXED),
+                                          ("mixed_bfloat16", 1), ("mixed_bfloat16", 3)])
 def test_a_mixed_precision_network_stopped_after_an_epoch_resumes_to_the_uninterrupted_weights(sample, tmp_path,
-                                                                                              policy):
-    """The checkpoint holds what mixed precision adds (float16: the loss scale and its step counter) and is float32."""
+                                                                                              policy, last):
+    """The checkpoint holds what mixed precision adds (float16: the loss scale and its step counter) and is float32.
+
+    A network ending in float32 resumes in the precision of its epoch: last 1
+    switches after the resume (at epoch 3), last 3 before it (at epoch 1).
+    """
     import tensorflow as tf
-    settings = settings_in(policy, epochs=3)
+    settings = settings_in(policy, epochs=3, float32_last_epochs=last)
     run = lambda directory, log: train(STAGE_BY_ID["dropout"].network, sample, "train", settings,
                                        strategies.choose("default"), directory, log=log, train_limit=LIMIT // 2)
-    whole, resumed, _ = stopped_after_epoch_1_then_resumed(run, tmp_path)
+    whole, resumed, lines = stopped_after_epoch_1_then_resumed(run, tmp_path)
     assert resumed.resumed_from_epoch == 1
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     assert [h["val_accuracy"] for h in resumed.history] == [h["val_accuracy"] for h in whole.history]
     for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -209,6 +215,8 @@ def test_a_mixed_precision_network_stopped_after_an_epoch_resumes_to_the_uninter
     floats = {dtype for name, dtype in names.items() if dtype.is_floating}
     assert floats == {tf.float32, tf.float64}  # float64: the best validation accuracy
     assert any("dynamic_scale" in name for name in names) == (policy == "mixed_float16")
+    switched = [line for line in lines if "on: float32" in line]
+    assert switched == ([f"  epoch {max(2, 4 - last)} on: float32 (float32_last_epochs {last})"] if last else [])
 
 
 def test_the_last_epochs_train_in_float32_when_float32_last_epochs_says_so(sample, tmp_path):
@@ -225,19 +233,6 @@ def test_the_last_epochs_train_in_float32_when_float32_last_epochs_says_so(sampl
     assert [h["loss"] for h in every_epoch.history] == [h["loss"] for h in float32.history]
     for a, b in zip(every_epoch.model.get_weights(), float32.model.get_weights()):
         np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.parametrize("last", [1, 3])  # the switch after the resume (epoch 3), and before it (epoch 1)
-def test_a_network_ending_in_float32_resumes_in_the_precision_of_its_epoch(sample, tmp_path, last):
-    settings = settings_in("mixed_bfloat16", epochs=3, float32_last_epochs=last)
-    run = lambda directory, log: train(STAGE_BY_ID["dropout"].network, sample, "train", settings,
-                                       strategies.choose("default"), directory, log=log, train_limit=LIMIT // 2)
-    whole, resumed, lines = stopped_after_epoch_1_then_resumed(run, tmp_path)
-    assert resumed.resumed_from_epoch == 1
-    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
-    for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    assert f"  epoch {max(2, 4 - last)} on: float32 (float32_last_epochs {last})" in lines
 
 
 def test_ensemble_members_train_side_by_side_in_two_threads_under_a_mixed_policy(sample, tmp_path):
