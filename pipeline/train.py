@@ -324,9 +324,10 @@ def run_epochs(state: TrainingState, training: inputs.Arrays, splits, settings: 
         ctx.get_per_replica_batch_size(settings.batch_size), first, settings.epochs, shuffle=settings.shuffle,
         seed=settings.seed, max_shift=settings.max_shift, max_rotation=settings.max_rotation,
         max_zoom=settings.max_zoom, shift_only_from=shift_only_from(settings), input_context=ctx)))
-    # Each network's functions are traced once, up front, for their input specs. A run trains a dozen
-    # networks, each with functions of its own: traced on first call instead, TensorFlow counts them
-    # all as one function retraced again and again, and warns.
+    # Each network's functions are traced ahead of their first call, for their input specs (the training
+    # step once more when the network turns float32 for its last epochs). A run trains a dozen networks,
+    # each with functions of its own: traced on first call instead, TensorFlow counts them all as one
+    # function retraced again and again, and warns.
     def traced_train_steps():
         function = make_train_steps(model, state.optimizer, strategy, settings.batch_size)
         function.get_concrete_function(batches, tf.constant(settings.steps_per_call))
