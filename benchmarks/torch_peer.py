@@ -3,7 +3,13 @@
 What the other framework's everyday way gets from this CPU on the same network, batch and optimizer.
 benchmarks.train_throughput imports this module only when torch is installed: torch is no dependency of the project.
 """
+import sys
+
 import numpy as np
+
+# Triton, torch's GPU compiler, is loaded when an optimizer is made (torch._dynamo looks for it) and crashes the
+# process when TensorFlow was loaded first, as it is here; eager training on a CPU never uses it.
+sys.modules.setdefault("triton", None)
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,6 +18,11 @@ from mnist_cnn_progression.models.specs import IMAGE_SHAPE, NUM_CLASSES, BNConv,
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+
+def describe() -> str:
+    """torch's version and its intra-op threads (left at torch's default), for the benchmark's output."""
+    return f"{torch.__version__}, {torch.get_num_threads()} threads"
 
 
 class ConvPool(nn.Conv2d):
