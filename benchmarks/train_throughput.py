@@ -28,6 +28,14 @@ mixed policy named in --precisions (default: the one `auto` picks here, if
 any), as its own method, so its ratio to own step is its speed-up over
 float32. The output names the CPU's bfloat16 flags and what `auto` picks.
 
+The PyTorch eager peer (benchmarks.torch_peer), when torch is installed in
+the same environment (it is no dependency of the project: `pip install
+torch`): each stage's network built in torch.nn from the same spec, trained by
+a plain eager loop at the same batch with the same optimizer, as one more
+method ("PyTorch eager"), also under bfloat16 autocast when mixed_bfloat16 is
+timed. Without torch the output says it skipped the peer; --no-torch leaves
+it out.
+
     python -m benchmarks.train_throughput [--stages conv2_relu] [--images 20000] [--out FILE]
     python -m benchmarks.train_throughput --stages ensemble --images 3200 --repeats 4 --out FILE
     python -m benchmarks.train_throughput --compare "" --precisions mixed_bfloat16,mixed_float16 --out FILE
@@ -100,6 +108,11 @@ def fused_members(members: list, grouped_conv2: bool = False) -> keras.Model:
     return keras.Model(images, keras.ops.stack(outputs, axis=1), name="fused_members")
 
 
+def l2_coefficient(stage) -> float:
+    """The Keras L2 coefficient every method trains with: some L2 work where the stage's recipe has L2 at all."""
+    return 1e-5 if stage.lmbda else 0.0
+
+
 def training_pass(stage, batch_size: int, optimizer: str, images: int, repeats: int, steps_per_call: int,
                   seed: int = 0, members: int = 1, grouped_conv2: bool = False, policy: str = "float32"):
     """A function that trains on `images` images with the pipeline's own step, under `policy`, warmed up.
@@ -115,7 +128,7 @@ def training_pass(stage, batch_size: int, optimizer: str, images: int, repeats: 
     settings = TrainSettings(epochs=repeats + 1, batch_size=batch_size, optimizer=optimizer, learning_rate=0.01,
                              precision=policy)
     with strategy.scope():
-        networks = [build_network(stage.network, l2=1e-5 if stage.lmbda else 0.0, seed=seed + member,
+        networks = [build_network(stage.network, l2=l2_coefficient(stage), seed=seed + member,
                                   precision=policy) for member in range(members)]
         model = fused_members(networks, grouped_conv2) if members > 1 else networks[0]
         train_steps = make_train_steps(model, make_optimizer(settings, steps), strategy, batch_size)
@@ -145,7 +158,7 @@ def keras_fit(stage, batch_size: int, optimizer: str, images: int, repeats: int,
     """Keras's own Model.fit with steps_per_execution, on the same network and optimizer."""
     x, y = random_digits(images // batch_size * batch_size)
     x = x[..., None].astype(np.float32) / 255
-    model = build_network(stage.network, l2=1e-5 if stage.lmbda else 0.0)
+    model = build_network(stage.network, l2=l2_coefficient(stage))
     settings = TrainSettings(epochs=1, batch_size=batch_size, optimizer=optimizer, learning_rate=0.01)
     model.compile(make_optimizer(settings, len(x) // batch_size), "sparse_categorical_crossentropy",
                   steps_per_execution=steps_per_call)
@@ -167,10 +180,33 @@ def as_one_model(stage, batch_size: int, optimizer: str, images: int, repeats: i
                          grouped_conv2=grouped_conv2), stage.members
 
 
-def methods(stage, compared: set, mixed: list) -> dict:
+def torch_eager(stage, batch_size: int, optimizer: str, images: int, repeats: int, steps_per_call: int,
+                autocast: bool = False):
+    """PyTorch's eager loop on the same network, batch and optimizer (in bfloat16 autocast when asked)."""
+    from benchmarks import torch_peer
+    digits = random_digits(images // batch_size * batch_size)
+    return torch_peer.training_pass(stage.network, *digits, batch_size, optimizer, learning_rate=0.01,
+                                    l2=l2_coefficient(stage), autocast=autocast), 1
+
+
+def torch_installed() -> str | None:
+    """torch's version and threads if the PyTorch peer can run here, else None (torch is optional)."""
+    try:
+        from benchmarks import torch_peer
+    except ModuleNotFoundError as error:
+        if error.name != "torch":
+            raise
+        return None
+    return torch_peer.describe()
+
+
+def methods(stage, compared: set, mixed: list, with_torch: bool = False) -> dict:
     """The methods timed for a stage, by name; each prepares (a function training on `images` images, the
     number of networks it trains)."""
     chosen = {"own step": own_step} | {f"own step, {policy}": partial(own_step, policy=policy) for policy in mixed}
+    if with_torch:
+        chosen |= {"PyTorch eager": torch_eager} | (
+            {"PyTorch eager, bf16 autocast": partial(torch_eager, autocast=True)} if "mixed_bfloat16" in mixed else {})
     if stage.id in compared:
         chosen |= {"Keras fit": keras_fit, "two nets side by side": side_by_side}
     if stage.members > 1:
@@ -208,6 +244,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--precisions", default=None,
                         help="mixed precision policies to time own step under besides float32, comma-separated "
                              "(default: what precision=auto picks on this machine, if it is not float32)")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="leave out the PyTorch eager peer, timed by default when torch is installed")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_throughput.json"))
     args = parser.parse_args(argv)
     machine = precision.this_machine()
@@ -220,6 +258,9 @@ def main(argv=None) -> dict:
     bf16_flags = sorted(machine.cpu_flags & set(precision.BF16_CPU_FLAGS))
     print(f"CPU bfloat16 flags: {', '.join(bf16_flags) or 'none'}; precision=auto picks {auto.describe()}; "
           f"timing float32{''.join(', ' + p for p in mixed)}", flush=True)
+    torch_version = None if args.no_torch else torch_installed()
+    if torch_version is None and not args.no_torch:
+        print("PyTorch eager peer skipped: torch is not installed (pip install torch to time it)", flush=True)
     fast = config.PRESETS["fast"]
     seed = config.PRESETS["seed"]
     peak = matmul_flops()
@@ -233,7 +274,7 @@ def main(argv=None) -> dict:
             batch, optimizer, steps_per_call = (config.for_stage(preset, key, stage_id)
                                                 for key in ("batch_size", "optimizer", "steps_per_call"))
             prepared = {name: prepare(stage, batch, optimizer, args.images, args.repeats, steps_per_call)
-                        for name, prepare in methods(stage, compared, mixed).items()}
+                        for name, prepare in methods(stage, compared, mixed, torch_version is not None).items()}
             rates = take_turns(prepared, args.images // batch * batch, args.repeats)
             for method, method_rates in rates.items():
                 median = statistics.median(method_rates)
@@ -251,8 +292,8 @@ def main(argv=None) -> dict:
                       f"x{rows[-1]['ratio_to_own_step_median']:.2f}  {rows[-1]['achieved_gflops']:6.2f} GFLOP/s  "
                       f"({median / limit:.1%} of the matmul peak)", flush=True)
     result = {"machine": f"{platform.machine()}, {tf.config.threading.get_intra_op_parallelism_threads() or 'all'} "
-                         f"intra-op threads", "tensorflow": tf.__version__, "cpu_bfloat16_flags": bf16_flags,
-              "gpu_compute_capabilities": [list(c) for c in machine.gpu_capabilities],
+                         f"intra-op threads", "tensorflow": tf.__version__, "torch": torch_version,
+              "cpu_bfloat16_flags": bf16_flags, "gpu_compute_capabilities": [list(c) for c in machine.gpu_capabilities],
               "auto_precision": auto.as_entry(), "mixed_precisions": mixed,
               "numpy_matmul_gflops": round(peak / 1e9, 1), "images_per_run": args.images,
               "repeats": args.repeats, "rows": rows}

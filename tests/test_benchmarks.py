@@ -1,6 +1,8 @@
-"""The training benchmark: its fused ensemble computes what its five members compute; it follows the presets.
+"""The training benchmark: its fused ensemble computes what its five members compute; it follows the presets; its
+PyTorch peer builds the same networks and takes turns with the rest, or without torch is skipped with a line.
 The vote ceiling: pooled networks vote as counted by hand. The ink figures: digits of known ink."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from benchmarks import ink
 from benchmarks.train_throughput import fused_members
 from mnist_cnn_progression.models.networks import build_network
 from mnist_cnn_progression.pipeline.idx import write_idx
-from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
+from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID, STAGES
 
 
 @pytest.mark.parametrize("grouped_conv2", [False, True])
@@ -33,7 +35,7 @@ def test_the_benchmark_times_each_stage_at_its_own_preset_batch(tmp_path):
     from benchmarks.train_throughput import main
     from mnist_cnn_progression.pipeline import config
     result = main(["--stages", "conv1", "--images", "640", "--repeats", "1", "--compare", "", "--precisions", "",
-                   "--out", str(tmp_path / "throughput.json")])
+                   "--no-torch", "--out", str(tmp_path / "throughput.json")])
     batches = [row["batch"] for row in result["rows"]]
     assert batches == [config.for_stage(config.PRESETS[name], "batch_size", "conv1") for name in ("seed", "fast")]
     assert all(row["images_per_second_median"] > 0 for row in result["rows"])
@@ -42,7 +44,7 @@ def test_the_benchmark_times_each_stage_at_its_own_preset_batch(tmp_path):
 def test_the_benchmark_times_each_mixed_policy_asked_for_beside_float32_and_names_the_cpus_flags(tmp_path, capsys):
     from benchmarks.train_throughput import main
     from mnist_cnn_progression.pipeline import precision
-    result = main(["--stages", "baseline", "--images", "640", "--repeats", "1", "--compare", "",
+    result = main(["--stages", "baseline", "--images", "640", "--repeats", "1", "--compare", "", "--no-torch",
                    "--precisions", "mixed_bfloat16,mixed_float16", "--out", str(tmp_path / "throughput.json")])
     assert [(row["method"], row["batch"]) for row in result["rows"]] == [
         (method, batch) for batch in (10, 128)
@@ -53,6 +55,69 @@ def test_the_benchmark_times_each_mixed_policy_asked_for_beside_float32_and_name
     assert written["cpu_bfloat16_flags"] == flags and written["mixed_precisions"] == ["mixed_bfloat16", "mixed_float16"]
     assert written["auto_precision"] == precision.resolve("auto", precision.this_machine()).as_entry()
     assert f"CPU bfloat16 flags: {', '.join(flags) or 'none'}" in capsys.readouterr().out
+
+
+def test_without_torch_the_benchmark_says_it_skipped_the_pytorch_peer_and_times_the_rest(tmp_path, capsys,
+                                                                                        monkeypatch):
+    import benchmarks
+    from benchmarks.train_throughput import main
+    monkeypatch.setitem(sys.modules, "torch", None)  # what `import torch` meets where torch is not installed
+    monkeypatch.delitem(sys.modules, "benchmarks.torch_peer", raising=False)
+    monkeypatch.delattr(benchmarks, "torch_peer", raising=False)
+    result = main(["--stages", "baseline", "--images", "640", "--repeats", "1", "--compare", "",
+                   "--precisions", "mixed_bfloat16", "--out", str(tmp_path / "throughput.json")])
+    assert "PyTorch eager peer skipped: torch is not installed" in capsys.readouterr().out
+    assert [row["method"] for row in result["rows"]] == ["own step", "own step, mixed_bfloat16"] * 2
+    assert json.loads((tmp_path / "throughput.json").read_text())["torch"] is None
+
+
+def keras_weights_into(torch_model, keras_model):
+    """The Keras network's weights, in order, laid out as torch holds them (kernels [out, in, ...])."""
+    import torch
+    layouts = {4: (3, 2, 0, 1), 2: (1, 0), 1: (0,)}
+    names = [name for name in torch_model.state_dict() if not name.endswith("num_batches_tracked")]
+    assert len(names) == len(keras_model.weights)
+    weights = [np.ascontiguousarray(np.transpose(weight, layouts[weight.ndim])) for weight in keras_model.get_weights()]
+    torch_model.load_state_dict({name: torch.from_numpy(weight) for name, weight in zip(names, weights)}, strict=False)
+
+
+@pytest.fixture
+def torch_peer():
+    pytest.importorskip("torch", reason="the PyTorch peer is optional: pip install torch to test it")
+    from benchmarks import torch_peer
+    return torch_peer
+
+
+@pytest.mark.parametrize("stage_id", [stage.id for stage in STAGES])
+def test_the_pytorch_peer_builds_the_stages_network(torch_peer, stage_id):
+    """The same weights, and with the Keras network's weights the same probabilities (pooling before the bias, L2
+    pooling, the flatten order, batch normalisation's epsilon)."""
+    import torch
+    network = STAGE_BY_ID[stage_id].network
+    keras_model, torch_model = build_network(network), torch_peer.torch_network(network).eval()
+    assert sum(p.numel() for p in torch_model.parameters()) == sum(
+        int(np.prod(w.shape)) for w in keras_model.trainable_weights)
+    rng = np.random.default_rng(0)
+    output = keras_model.layers[-1]  # it starts at zero: every network would answer 0.1 for every class
+    output.kernel.assign(rng.normal(0, 0.05, output.kernel.shape).astype(np.float32))
+    keras_weights_into(torch_model, keras_model)
+    images = rng.random((8, 28, 28, 1), dtype=np.float32)
+    with torch.no_grad():
+        probabilities = torch.softmax(torch_model(torch.from_numpy(images).permute(0, 3, 1, 2)), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, keras_model(images, training=False), atol=1e-5)
+
+
+def test_the_benchmark_times_the_pytorch_peer_beside_own_step(torch_peer, tmp_path, capsys):
+    from benchmarks.train_throughput import main
+    result = main(["--stages", "conv2_relu_l2pool", "--images", "640", "--repeats", "1", "--compare", "",
+                   "--precisions", "mixed_bfloat16", "--out", str(tmp_path / "throughput.json")])
+    methods = ["own step", "own step, mixed_bfloat16", "PyTorch eager", "PyTorch eager, bf16 autocast"]
+    assert [(row["method"], row["batch"], row["optimizer"]) for row in result["rows"]] == [
+        (method, batch, optimizer) for batch, optimizer in ((10, "sgd"), (128, "adam")) for method in methods]
+    assert all(row["images_per_second_median"] > 0 and row["ratio_to_own_step_median"] > 0 for row in result["rows"])
+    assert json.loads((tmp_path / "throughput.json").read_text())["torch"] == torch_peer.describe()
+    printed = capsys.readouterr().out
+    assert "skipped" not in printed and "| conv2_relu_l2pool | PyTorch eager, bf16 autocast | 128 | adam |" in printed
 
 
 def fake_run(root, name: str, correct: np.ndarray, labels: np.ndarray):
