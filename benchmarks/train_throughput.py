@@ -255,7 +255,7 @@ def main(argv=None) -> dict:
     unknown = [p for p in mixed if p not in precision.POLICIES[1:]]
     if unknown:
         parser.error(f"--precisions: {', '.join(unknown)}: choose from {', '.join(precision.POLICIES[1:])}")
-    bf16_flags = sorted(machine.cpu_flags & set(precision.BF16_CPU_FLAGS))
+    bf16_flags = machine.bf16_flags()
     print(f"CPU bfloat16 flags: {', '.join(bf16_flags) or 'none'}; precision=auto picks {auto.describe()}; "
           f"timing float32{''.join(', ' + p for p in mixed)}", flush=True)
     torch_version = None if args.no_torch else torch_installed()

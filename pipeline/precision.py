@@ -30,6 +30,10 @@ class Hardware:
     cpu_flags: frozenset = frozenset()
     gpu_capabilities: tuple = ()  # (major, minor) per GPU
 
+    def bf16_flags(self) -> list:
+        """Which of the CPU's bfloat16 instructions it has, as /proc/cpuinfo names them."""
+        return [flag for flag in BF16_CPU_FLAGS if flag in self.cpu_flags]
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -64,7 +68,7 @@ def resolve(asked: str, hardware: Hardware) -> Precision:
         if major >= 7:
             return Precision("mixed_float16", f"auto: {capability} has float16 tensor cores, not bfloat16")
         return Precision("float32", f"auto: {capability} has no tensor cores")
-    flags = [flag for flag in BF16_CPU_FLAGS if flag in hardware.cpu_flags]
+    flags = hardware.bf16_flags()
     if flags:
         return Precision("mixed_bfloat16", f"auto: CPU has {' and '.join(flags)}")
     return Precision("float32", f"auto: CPU has none of {', '.join(BF16_CPU_FLAGS)}")

@@ -4,8 +4,8 @@ The fingerprint decides whether a finished stage is redone: it covers the
 stage's row (Stage.recipe), every network's settings, the data and the
 training limit; a setting added later enters it only when it differs from
 what came before (chain_epochs when set, precision when not float32,
-float32_last_epochs when set), so that
-the run directories made before it are not retrained.
+float32_last_epochs when set), so that the run directories made before it
+are not retrained.
 No TensorFlow here: the runner plans with it before any stage trains.
 """
 from dataclasses import dataclass

@@ -71,7 +71,7 @@ def environment() -> dict:
             versions[package] = None
     return {"python": platform.python_version(), **versions, "git_commit": source_commit(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-            "cpu_bfloat16": ", ".join(sorted(precision.cpu_flags() & set(precision.BF16_CPU_FLAGS))) or "none"}
+            "cpu_bfloat16": ", ".join(precision.Hardware(precision.cpu_flags()).bf16_flags()) or "none"}
 
 
 def source_commit() -> str:

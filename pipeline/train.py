@@ -201,11 +201,11 @@ def check_replicas(global_batch: int, replicas: int) -> None:
     if global_batch % replicas:
         raise PipelineError(f"batch_size {global_batch} does not split evenly over the strategy's {replicas} "
                             f"replicas: set --set batch_size= a multiple of {replicas}, such as "
-                            f"{max(replicas, global_batch // replicas * replicas)}.")
+                            f"{split_over(replicas, global_batch)}.")
 
 
-def evaluation_batch(batch_size: int, replicas: int) -> int:
-    """The validation batch rounded down to a multiple of the replicas (1,000 does not split over 3)."""
+def split_over(replicas: int, batch_size: int) -> int:
+    """batch_size rounded down to a multiple of the replicas, at least one image each (1,000 does not split over 3)."""
     return max(replicas, batch_size // replicas * replicas)
 
 
@@ -312,8 +312,8 @@ def run_epochs(state: TrainingState, training: inputs.Arrays, splits, settings: 
     model, first = state.model, state.epochs_done + 1
     float32_from = first_of_last(settings.epochs, settings.float32_last_epochs)
     correct_in, validation_batches = validation_counter(
-        state.evaluation_model, strategy, splits, evaluation_batch(settings.eval_batch_size,
-                                                                   strategy.num_replicas_in_sync))
+        state.evaluation_model, strategy, splits, split_over(strategy.num_replicas_in_sync,
+                                                             settings.eval_batch_size))
     validation_size = len(splits.validation_labels)
 
     def validation_accuracy():
