@@ -4,7 +4,10 @@ It reads no more than the header declares, and the caller's check sees the
 declared shape and type before any data is read, so a huge or hostile file
 costs nothing before it is refused. NumPy only: no TensorFlow.
 """
+import gzip
 import struct
+import zlib
+from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
@@ -16,6 +19,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 class IdxError(ValueError):
     """What is wrong with an IDX file, as a sentence's predicate: the caller names the file ("... is truncated")."""
+
+
+class IdxFileError(ValueError):
+    """What is wrong with an IDX file on disk, as one sentence naming it."""
 
 
 def looks_like_idx(head: bytes) -> bool:
@@ -42,3 +49,23 @@ def read_idx(stream: BinaryIO, check: Callable[[tuple, np.dtype], None] | None =
     if len(data) > size:
         raise IdxError(f"is longer than its header says ({size} bytes of data)")
     return np.frombuffer(data, dtype).reshape(shape)
+
+
+def read_mnist_idx(path, expected_ndim: int | None = None) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's own), gzip or raw; IdxFileError, one sentence naming it, otherwise."""
+    path = Path(path)
+
+    def mnist_bytes(shape: tuple, dtype: np.dtype) -> None:
+        if dtype != np.uint8:
+            raise IdxFileError(f"{path.name} holds {dtype.name} values, not the unsigned bytes of MNIST's IDX files.")
+        if expected_ndim is not None and len(shape) != expected_ndim:
+            raise IdxFileError(f"{path.name} holds a {len(shape)}-D array where a {expected_ndim}-D one was expected.")
+    try:
+        with open(path, "rb") as file:
+            gzipped = file.read(2) == GZIP_MAGIC
+        with (gzip.open if gzipped else open)(path, "rb") as stream:
+            return read_idx(stream, check=mnist_bytes)
+    except IdxError as error:
+        raise IdxFileError(f"{path.name} {error}.") from None
+    except (OSError, EOFError, zlib.error) as error:
+        raise IdxFileError(f"{path.name} is not a readable gzip file ({error}).") from None

@@ -22,7 +22,6 @@ import contextlib
 import datetime
 import fcntl
 import getpass
-import gzip
 import json
 import os
 import shutil
@@ -32,14 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cnn_progression.inference.contract import ENSEMBLE_REFERENCE_ACCURACY, NUM_CLASSES
+from mnist_cnn_progression.inference.contract import ENSEMBLE_REFERENCE_ACCURACY, IMAGE_SHAPE, NUM_CLASSES
 from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
 from mnist_cnn_progression.inference.files import UNFINISHED, copy_file, write_json
-from mnist_cnn_progression.inference.idx import GZIP_MAGIC, IdxError, read_idx
+from mnist_cnn_progression.inference.idx import read_mnist_idx
 from mnist_cnn_progression.inference.releases import (RELEASE, WITHDRAWN, complete, numbered, release_of,
                                                        served_version, serving_order, test_digest, withdrawn)
 from mnist_cnn_progression.inference.run_layout import RunLayout
-from mnist_cnn_progression.inference.serve.catalogue import training_data
+from mnist_cnn_progression.inference.serve.catalogue import check_files, training_data
 
 # SEED.md's ensemble reference (33 of 10,000 test digits wrong), in percent: what a release must score by default.
 DEFAULT_MIN_ACCURACY = round(ENSEMBLE_REFERENCE_ACCURACY * 100, 2)
@@ -73,7 +72,11 @@ def locked(base: Path):
 def load_test_set(bundle: Path, test_data: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images [N, 28, 28] and labels: the IDX files in test_data, else the test split of the bundle's run."""
     if test_data is not None:
-        return tuple(read_idx_file(find_idx(test_data, name)) for name in TEST_FILES)
+        images, labels = (read_mnist_idx(find_idx(test_data, name), ndim) for name, ndim in zip(TEST_FILES, (3, 1)))
+        if images.shape[1:] != IMAGE_SHAPE[:2] or len(images) != len(labels):
+            raise ValueError(f"--test-data {test_data} holds {len(images)} images of {images.shape[1:]} pixels and "
+                             f"{len(labels)} labels: MNIST's test set is as many 28x28 images as labels.")
+        return images, labels
     data = RunLayout.of_bundle(bundle).data
     if not (data / "test_images.npy").is_file():
         raise ValueError(f"{bundle} has no run directory with its test set beside it: name the test images with "
@@ -88,21 +91,9 @@ def find_idx(directory: Path, name: str) -> Path:
     raise ValueError(f"--test-data {directory} holds no {name} (or {name}.gz).")
 
 
-def read_idx_file(path: Path) -> np.ndarray:
-    try:
-        with open(path, "rb") as file:
-            gzipped = file.read(2) == GZIP_MAGIC
-        with (gzip.open if gzipped else open)(path, "rb") as stream:
-            return read_idx(stream)
-    except IdxError as error:
-        raise ValueError(f"{path} {error}.") from None
-    except (EOFError, OSError) as error:
-        raise ValueError(f"{path} cannot be read: {error}.") from None
-
-
-def score(path: Path, images: np.ndarray, labels: np.ndarray, *, int8: bool = False) -> dict:
-    """Accuracy, error count and per-class recall of a bundle on a test set, every file checked first."""
-    classes = Ensemble.load(path, int8=int8).predict(images).classes
+def score(path: Path, images: np.ndarray, labels: np.ndarray, *, int8: bool = False, verify: bool = True) -> dict:
+    """Accuracy, error count and per-class recall of a bundle on a test set (verify: its fused graph checked first)."""
+    classes = Ensemble.load(path, int8=int8, verify=verify).predict(images).classes
     right = classes == labels
     recall = [round(float(right[labels == digit].mean()), 6) if (labels == digit).any() else None
               for digit in range(NUM_CLASSES)]
@@ -152,9 +143,11 @@ def push(candidate: Path, base: Path, *, test_data: Path | None = None, min_accu
         raise ValueError(f"--to {base} is not a base directory of versions (it is a file, a bundle or a run "
                          "directory); name the directory that holds 1/, 2/, ...")
     manifest = json.loads((bundle / "manifest.json").read_text())
+    check_files(bundle, manifest)  # every file the version will hold, not only the graphs scored
     images, labels = load_test_set(bundle, test_data)
     digest, floats = test_digest(images, labels), images.astype(np.float32) / 255
-    figures = {kind: score(bundle, floats, labels, int8=kind == "int8") for kind in ("float32", "int8")}
+    figures = {kind: score(bundle, floats, labels, int8=kind == "int8", verify=False)
+               for kind in ("float32", "int8")}
     with locked(base):
         parent = served_version(base)
         parent_accuracy, refusal = None, None

@@ -74,7 +74,4 @@ def test_digest(images: np.ndarray, labels: np.ndarray) -> str:
 
     The same digits give the same digest from a run's data/ or from IDX files.
     """
-    images = np.asarray(images)
-    if images.dtype != np.uint8:  # floats in [0, 1], as the networks take them
-        images = np.rint(images * 255).astype(np.uint8)
-    return digest_arrays(images.reshape(len(images), *images.shape[1:3]), np.asarray(labels).astype(np.uint8))
+    return digest_arrays(images, labels.astype(np.uint8))

@@ -5,13 +5,17 @@ test images as IDX files, and a real server for the hand-over: a blessed push
 becomes the next version and the server answers with it; a rollback brings
 back the one before.
 """
+import gzip
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +155,44 @@ def test_bad_input_exits_2_with_one_sentence(tmp_path, bundle, arguments, senten
     done = push(*[argument.format(**names) for argument in arguments], check=2)
     assert done.stderr.startswith("error: ") and sentence in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def damaged_member(tmp_path, bundle, idx_test_set):
+    """A bundle copy whose member_1.onnx lost a byte: the fused graphs that are scored are intact."""
+    copy = Path(shutil.copytree(bundle, tmp_path / "damaged"))
+    member = copy / "members" / "member_1.onnx"
+    member.write_bytes(member.read_bytes()[:-1])
+    return [copy, "--to", tmp_path / "base", "--test-data", idx_test_set, *LOW_FLOOR]
+
+
+def corrupt_gzip(tmp_path, bundle, idx_test_set):
+    """Test images whose gzip stream is damaged after its header (zlib's error, not an OSError)."""
+    data = Path(shutil.copytree(idx_test_set, tmp_path / "test-data"))
+    images = data / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:20] + b"\xff" * 200)
+    return [bundle, "--to", tmp_path / "base", "--test-data", data, *LOW_FLOOR]
+
+
+def float_images(tmp_path, bundle, idx_test_set):
+    """Test images stored as float32 IDX: not MNIST's unsigned bytes."""
+    data = Path(shutil.copytree(idx_test_set, tmp_path / "test-data"))
+    pixels = np.zeros((1000, 28, 28), ">f4")
+    (data / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(
+        struct.pack(">HBB", 0, 0x0D, 3) + struct.pack(">3I", *pixels.shape) + pixels.tobytes()))
+    return [bundle, "--to", tmp_path / "base", "--test-data", data, *LOW_FLOOR]
+
+
+@pytest.mark.parametrize("damage, sentence", [
+    (damaged_member, "member_1.onnx does not match its SHA-256 in manifest.json: the copy is damaged."),
+    (corrupt_gzip, "t10k-images-idx3-ubyte.gz is not a readable gzip file"),
+    (float_images, "t10k-images-idx3-ubyte.gz holds float32 values, not the unsigned bytes of MNIST's IDX files."),
+])
+def test_a_damaged_candidate_or_test_set_exits_2_with_one_sentence_and_writes_nothing(tmp_path, bundle, idx_test_set,
+                                                                                      damage, sentence):
+    done = push(*damage(tmp_path, bundle, idx_test_set), check=2)
+    assert done.stderr.startswith("error: ") and sentence in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "base").exists() or snapshot(tmp_path / "base") == {}
 
 
 # Run in a child: the push module with its writes counted, and SIGKILL at write number KILL_AT.
