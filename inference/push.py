@@ -131,6 +131,13 @@ def provenance(bundle: Path, manifest: dict) -> dict:
             "commit": summary.get("environment", {}).get("git_commit") or "not recorded by its run"}
 
 
+def check_base(base: Path, option: str = "--to") -> None:
+    """BASE is a directory of versions, or nothing yet: ValueError with a sentence when it is a file or a bundle."""
+    if base.exists() and (not base.is_dir() or complete(base)):
+        raise ValueError(f"{option} {base} is not a base directory of versions (it is a file, a bundle or a run "
+                         "directory); name the directory that holds 1/, 2/, ...")
+
+
 def push(candidate: Path, base: Path, *, test_data: Path | None = None, min_accuracy: float = DEFAULT_MIN_ACCURACY,
          tolerance: float = DEFAULT_TOLERANCE, force: bool = False) -> dict:
     """Score, gate and write the candidate as BASE's next version; its release record.
@@ -139,9 +146,7 @@ def push(candidate: Path, base: Path, *, test_data: Path | None = None, min_accu
     OSError or KeyError with a sentence for bad input.
     """
     bundle, base = bundle_dir(candidate), Path(base)
-    if base.exists() and (not base.is_dir() or complete(base)):
-        raise ValueError(f"--to {base} is not a base directory of versions (it is a file, a bundle or a run "
-                         "directory); name the directory that holds 1/, 2/, ...")
+    check_base(base)
     manifest = json.loads((bundle / "manifest.json").read_text())
     check_files(bundle, manifest)  # every file the version will hold, not only the graphs scored
     images, labels = load_test_set(bundle, test_data)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up notices out of the log
 
-from mnist_cnn_progression.inference.push import REFUSED, Refused, push, pushed_line
+from mnist_cnn_progression.inference.push import DEFAULT_MIN_ACCURACY, REFUSED, Refused, check_base, push, pushed_line
 from mnist_cnn_progression.inference.run_layout import RunLayout
 from mnist_cnn_progression.pipeline import config, native_log, sources
 from mnist_cnn_progression.pipeline.errors import PipelineError
@@ -46,8 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--push-to", type=Path, metavar="BASE",
                         help="after the report, push the run's ensemble to the served base directory BASE through "
                              "mnist-push's gate (runs the ensemble and report when needed; exit 3 when refused)")
-    parser.add_argument("--push-min-accuracy", type=float, default=None, metavar="PCT",
-                        help="the gate's floor in percent (default: mnist-push's, the ensemble's reference 99.67)")
+    parser.add_argument("--push-min-accuracy", type=float, default=DEFAULT_MIN_ACCURACY, metavar="PCT",
+                        help=f"the gate's floor in percent (default: mnist-push's, the ensemble's reference "
+                             f"{DEFAULT_MIN_ACCURACY})")
     args = parser.parse_args(argv)
     args.run_dir = args.run_dir or Path("runs") / args.preset
     return args
@@ -58,6 +59,10 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[str], dict]:
     requested = DEFAULT_NODES if args.stages == "all" else [s.strip() for s in args.stages.split(",") if s.strip()]
     if args.push_to is not None:  # the push reads the ensemble's bundle, after the report
         requested = [*requested, *(node for node in PUSH_NEEDS if node not in requested)]
+        try:
+            check_base(args.push_to, "--push-to")  # now, not after hours of training
+        except ValueError as error:
+            raise PipelineError(str(error)) from None
     plan(requested)
     sources.check_spec(args.data)
     if args.run_dir.exists() and not args.run_dir.is_dir():
@@ -102,9 +107,8 @@ def main(argv=None) -> int:
 
 def push_run(args: argparse.Namespace) -> str:
     """The run's ensemble through mnist-push's gate into --push-to; raises Refused, or PipelineError for bad input."""
-    gate = {} if args.push_min_accuracy is None else {"min_accuracy": args.push_min_accuracy}
     try:
-        return pushed_line(push(args.run_dir, args.push_to, **gate), args.push_to)
+        return pushed_line(push(args.run_dir, args.push_to, min_accuracy=args.push_min_accuracy), args.push_to)
     except (OSError, ValueError, KeyError) as error:
         raise PipelineError(f"cannot push to {args.push_to}: {error}") from None
 

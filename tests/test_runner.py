@@ -189,6 +189,7 @@ FAIL_FAST = ("import sys; from mnist_cnn_progression.pipeline import cli; sys.mo
                                   "mixed_float16."),
     (["--set", "chain_epochs.ensemble=-1"], "error: --set 'chain_epochs.ensemble=-1': chain_epochs is a whole number "
                                             "of 0 or more."),
+    (["--push-to", "run_pipeline.py"], "error: --push-to run_pipeline.py is not a base directory of versions"),
 ])
 def test_a_mistake_fails_before_tensorflow_loads_and_leaves_nothing_behind(tmp_path, arguments, message):
     """TensorFlow is made unimportable: a check that reached it would fail with an ImportError instead."""
