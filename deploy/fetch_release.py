@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mnist_cnn_progression.inference.files import check_sha256
+from mnist_cnn_progression.inference.files import check_files
 from mnist_cnn_progression.inference.releases import release_of
 
 
@@ -61,7 +61,7 @@ def place(url: str, archive_sha256: str, target: Path) -> str:
         except tarfile.TarError as error:
             raise ValueError(f"it is not a .tar.gz of a release directory ({error}).") from None
         release = release_root(staging / "unpacked")
-        check(release, target.name)
+        verdict = check(release, target.name).get("gate", {}).get("verdict", "no verdict recorded")
         if target.exists():  # a damaged copy (intact() said so): out of the way, deleted with the staging
             os.rename(target, staging / "damaged")
         try:
@@ -69,7 +69,6 @@ def place(url: str, archive_sha256: str, target: Path) -> str:
         except OSError:
             if not intact(target):  # another pod's init container put the same release in meanwhile
                 raise
-        verdict = release_of(target)["gate"]["verdict"]
         return f"{target} now holds the release of {url} ({verdict} by mnist-push), every file checked."
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -98,9 +97,9 @@ def release_root(unpacked: Path) -> Path:
     return inside[0]
 
 
-def check(release: Path, version: str) -> None:
-    """mnist-push's release.json for this version, and every file the manifest lists with its SHA-256;
-    raises ValueError otherwise."""
+def check(release: Path, version: str) -> dict:
+    """mnist-push's release.json for this version, and every file the manifest lists with its SHA-256: the
+    release record; raises ValueError otherwise."""
     record = release_of(release)
     if record is None:
         raise ValueError("it holds no release.json: push the run with mnist-push, then archive the version "
@@ -108,9 +107,8 @@ def check(release: Path, version: str) -> None:
     if str(record.get("version")) != version:
         raise ValueError(f"its release.json is of version {record.get('version')}, not {version}: set the "
                          "version in the ConfigMap to the one mnist-push gave it.")
-    files = json.loads((release / "manifest.json").read_text())["files"]
-    for name, entry in files.items():
-        check_sha256(release / name, entry["sha256"], "manifest.json")
+    check_files(release, json.loads((release / "manifest.json").read_text()))
+    return record
 
 
 def intact(release: Path) -> bool:

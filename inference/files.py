@@ -60,6 +60,13 @@ def check_sha256(path: Path, expected: str, record: str) -> None:
         raise ValueError(f"{path} does not match its SHA-256 in {record}: the copy is damaged.")
 
 
+def check_files(bundle: Path, manifest: dict) -> None:
+    """Every file a bundle's manifest.json lists, against its SHA-256: a damaged member is caught even where it is
+    not loaded."""
+    for name, entry in manifest["files"].items():
+        check_sha256(bundle / name, entry["sha256"], "manifest.json")
+
+
 def sha256_matches(path: Path, expected: str) -> bool:
     """Whether the file's SHA-256 is `expected` (a hex digest): the one check of a recorded digest."""
     return sha256(path) == expected

@@ -33,12 +33,12 @@ import numpy as np
 
 from mnist_cnn_progression.inference.contract import ENSEMBLE_REFERENCE_ACCURACY, IMAGE_SHAPE, NUM_CLASSES
 from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
-from mnist_cnn_progression.inference.files import UNFINISHED, copy_file, write_json
+from mnist_cnn_progression.inference.files import UNFINISHED, check_files, copy_file, write_json
 from mnist_cnn_progression.inference.idx import read_mnist_idx
 from mnist_cnn_progression.inference.releases import (RELEASE, WITHDRAWN, complete, numbered, release_of,
                                                        served_version, serving_order, test_digest, withdrawn)
 from mnist_cnn_progression.inference.run_layout import RunLayout
-from mnist_cnn_progression.inference.serve.catalogue import check_files, training_data
+from mnist_cnn_progression.inference.serve.catalogue import training_data
 
 # SEED.md's ensemble reference (33 of 10,000 test digits wrong), in percent: what a release must score by default.
 DEFAULT_MIN_ACCURACY = round(ENSEMBLE_REFERENCE_ACCURACY * 100, 2)

@@ -13,7 +13,9 @@ import functools
 import hashlib
 import importlib.metadata
 import http.server
+import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -255,6 +257,22 @@ def test_the_init_container_puts_a_checked_release_in_place_once(release, store,
     assert [p.name for p in (volumes / "bundle").iterdir()] == [target.name], "staging files left on the volume"
     again = fetch({**config, "RELEASE_URL": f"{url}/gone.tar.gz"}, volumes)  # the next pod: no download
     assert again.returncode == 0 and "kept" in again.stdout, again.stderr
+
+
+def test_a_release_without_the_gates_verdict_is_placed_and_said_so(release, store, tmp_path):
+    """release.json is mnist-push's, but the init step needs only its version: a record without the gate's verdict
+    (an older push, or one edited by hand) is placed once and kept after, not refused after it was put in place."""
+    directory, url = store
+    unverdicted = tmp_path / release.name
+    shutil.copytree(release, unverdicted)
+    record = json.loads((unverdicted / "release.json").read_text())
+    del record["gate"]
+    (unverdicted / "release.json").write_text(json.dumps(record))
+    config = config_for(f"{url}/unverdicted.tar.gz", archive(unverdicted, directory / "unverdicted.tar.gz"))
+    volumes = tmp_path / "volumes"
+    done = fetch(config, volumes)
+    assert done.returncode == 0 and "(no verdict recorded by mnist-push)" in done.stdout, done.stderr
+    assert fetch(config, volumes).returncode == 0
 
 
 BAD_ARCHIVES = {"damaged-member": "members/member_1.onnx does not match its SHA-256",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mnist_cnn_progression.inference.contract import ENSEMBLE_REFERENCE_ACCURACY
 from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
-from mnist_cnn_progression.inference.files import check_sha256
+from mnist_cnn_progression.inference.files import check_files, check_sha256
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,6 @@ def catalogue(path: Path, threads: int | None = None) -> list[Served]:
             about["warning"] = ensemble.training_data_warning
         models.append(Served(name, ensemble, about))
     return models + stages(path, summary, threads)
-
-
-def check_files(bundle: Path, manifest: dict) -> None:
-    """Every file manifest.json lists, against its SHA-256: a damaged member is caught even where it is not served."""
-    for name, entry in manifest["files"].items():
-        check_sha256(bundle / name, entry["sha256"], "manifest.json")
 
 
 def stages(run: Path, summary: dict, threads: int | None) -> list[Served]:
