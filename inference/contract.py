@@ -15,8 +15,8 @@ SCORING_BATCH = 1000
 # and is understood by every ONNX Runtime release since 1.11.
 OPSET = 17
 
-# SEED.md's reference for the ensemble (33 of 10,000 test digits wrong), as pipeline/stages.py's table has it: what
-# the server's ensemble metadata names when its bundle does not record its stage's reference.
+# SEED.md's reference for the ensemble (33 of 10,000 test digits wrong): pipeline/stages.py's table row, mnist-push's
+# default floor, and what the server's metadata names when a bundle does not record its stage's reference.
 ENSEMBLE_REFERENCE_ACCURACY = 0.9967
 
 # The fused ensemble's outputs: the voted class, the votes per class, the members' mean probabilities.

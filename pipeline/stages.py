@@ -2,13 +2,15 @@
 
 A new stage is one more row; what a node needs is read off its row.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
+from mnist_cnn_progression.inference.contract import ENSEMBLE_REFERENCE_ACCURACY
 from mnist_cnn_progression.models import BNConv, Conv, Dense, Network
 
-# The fields of a Stage that its fingerprint covers (Stage.recipe): a new field that changes what the stage
-# trains joins them, with care, since every finished run then retrains (tests/test_runner.py holds them).
-RECIPE_FIELDS = ("id", "network", "data", "eta", "lmbda", "epochs", "reference", "members", "optional")
+# A Stage field marked so is wiring, not recipe: left out of its fingerprint (Stage.recipe), so changing it retrains
+# nothing. Every other field, a new one too, is in it (and every finished run retrains: tests/test_runner.py holds
+# the fingerprints).
+WIRING = {"wiring": True}
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,10 @@ class Stage:
     reference: float     # reference test accuracy, a fraction
     members: int = 1     # >1: a voting ensemble of this recipe
     optional: bool = False  # side results: run only when named
-    # Wiring, not recipe: left out of recipe(), so changing them retrains nothing.
-    member_zero_from: str = ""  # a stage whose network, when trained with this exact recipe, is member 0
-    #                             (trained once, counted there)
-    run_bundle: bool = False    # its bundle is the run's bundle/, which mnist-predict and mnist-serve load
+    # a stage whose network, when trained with this exact recipe, is member 0 (trained once, counted there)
+    member_zero_from: str = field(default="", metadata=WIRING)
+    # its bundle is the run's bundle/, which mnist-predict and mnist-serve load
+    run_bundle: bool = field(default=False, metadata=WIRING)
 
     def recipe(self) -> str:
         """The row's part of the stage's fingerprint (pipeline.recipe): every field but the wiring.
@@ -33,8 +35,9 @@ class Stage:
         Written as the dataclass's repr wrote these fields, which was the
         fingerprint before this method: run directories made then are not retrained.
         """
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in RECIPE_FIELDS)
-        return f"Stage({fields})"
+        recipe = ", ".join(f"{each.name}={getattr(self, each.name)!r}" for each in fields(self)
+                           if not each.metadata.get("wiring"))
+        return f"Stage({recipe})"
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -68,7 +71,7 @@ STAGES = [
     Stage("expanded", RELU_CONV2, "expanded", 0.03, 0.1, 60, 0.9937),
     Stage("extra_fc", RELU_EXTRA_FC, "expanded", 0.03, 0.1, 60, 0.9943),
     Stage("dropout", DROPOUT_NET, "expanded", 0.03, 0.0, 40, 0.9960),
-    Stage("ensemble", DROPOUT_NET, "expanded", 0.03, 0.0, 40, 0.9967, members=5, member_zero_from="dropout",
+    Stage("ensemble", DROPOUT_NET, "expanded", 0.03, 0.0, 40, ENSEMBLE_REFERENCE_ACCURACY, members=5, member_zero_from="dropout",
           run_bundle=True),
     # Side results of SEED.md, run only when named in --stages.
     Stage("expanded_fc300", Network((Conv(20), Conv(40), Dense(300)), "relu"), "expanded", 0.03, 0.1, 60,

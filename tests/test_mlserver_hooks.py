@@ -66,10 +66,3 @@ def test_the_installed_mlserver_passes_the_check():
     done = subprocess.run([sys.executable, "-c", "from mnist_cnn_progression.inference.serve.mlserver_hooks import "
                            "check; check()"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-
-
-def test_the_ensembles_reference_agrees_with_the_stage_table():
-    """The inference side keeps the ensemble's reference itself (it never imports the TF-side stage table)."""
-    from mnist_cnn_progression.inference.contract import ENSEMBLE_REFERENCE_ACCURACY
-    from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
-    assert ENSEMBLE_REFERENCE_ACCURACY == STAGE_BY_ID["ensemble"].reference
