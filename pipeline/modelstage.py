@@ -64,8 +64,8 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def calibration_images(splits: Splits) -> np.ndarray:
-    """The training images the bundle's int8 ranges are fitted on, as the networks take them."""
-    return as_images(splits.train_images[:CALIBRATION_IMAGES])
+    """The training images the bundle's int8 ranges are fitted on (build_bundle scales them as the networks take them)."""
+    return splits.train_images[:CALIBRATION_IMAGES]
 
 
 def train_member(job: StageJob, checkpoint_dir: Path, member: int = 0, log=None, queued_after: int = 0,

@@ -115,18 +115,15 @@ def test_replacing_a_directory_never_loses_the_old_one_when_the_new_one_cannot_g
 
 
 
-def test_the_int8_calibration_sees_the_same_1000_training_images_as_before(bundle, tmp_path, monkeypatch):
-    """The bundle once took an 'even sample' of 1,000 of the 1,000 images the stage gave it, which changed
-    nothing: with the sampling gone, ONNX Runtime's calibrator must still see exactly those images."""
+def test_the_int8_calibration_sees_the_stages_first_1000_training_images(bundle, sample, tmp_path, monkeypatch):
+    """ONNX Runtime's calibrator sees exactly the images the stage hands the bundle: the first 1,000 of the training
+    set, scaled as the networks take them (the bundle once took an 'even sample' of them, which changed nothing)."""
     from mnist_cnn_progression.export import bundle as bundles
+    from mnist_cnn_progression.inference.contract import as_images
     from mnist_cnn_progression.pipeline.modelstage import calibration_images
-    from mnist_cnn_progression.pipeline.sources import from_sample
-    splits = from_sample()
-    given = calibration_images(splits)
-    before = given[np.linspace(0, len(given) - 1, min(1000, len(given))).astype(int)]  # the sampling that went
     seen, batches = [], bundles.ImageBatches
     monkeypatch.setattr(bundles, "ImageBatches", lambda images: seen.append(images) or batches(images))
     shutil.copytree(bundle / "members", tmp_path / "members")
-    bundles.quantize_members(tmp_path, [Path("members/member_0.onnx")], given)
-    assert len(seen) == 1 and len(before) == 1000 and np.array_equal(seen[0], before)
-    assert np.array_equal(before, splits.train_images[:1000, ..., None] / np.float32(255))  # the first 1,000
+    bundles.quantize_members(tmp_path, [Path("members/member_0.onnx")], as_images(calibration_images(sample)))
+    assert len(seen) == 1
+    assert np.array_equal(seen[0], sample.train_images[:1000, ..., None] / np.float32(255))
