@@ -96,8 +96,9 @@ def replace_dir(temporary: Path, destination: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_directory(final: Path):
-    """Yield an empty temporary directory beside `final`; on success it replaces `final` (replace_dir).
+def staged_directory(final: Path, replace: bool = True):
+    """Yield an empty temporary directory beside `final`; on success it replaces `final` (replace_dir), or with
+    replace=False is renamed to it, which fails rather than replace a `final` that holds anything.
 
     On an exception it is removed; after a kill, its UNFINISHED name marks it.
     """
@@ -105,8 +106,11 @@ def staged_directory(final: Path):
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{UNFINISHED}{final.name}-"))
     try:
         yield tmp
+        tmp.chmod(0o755)  # mkdtemp made it private
+        if not replace:
+            os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tmp.chmod(0o755)  # mkdtemp made it private
-    replace_dir(tmp, final)
+    if replace:
+        replace_dir(tmp, final)

@@ -23,17 +23,15 @@ import datetime
 import fcntl
 import getpass
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mnist_cnn_progression.inference.contract import ENSEMBLE_REFERENCE_ACCURACY, IMAGE_SHAPE, NUM_CLASSES
 from mnist_cnn_progression.inference.ensemble import Ensemble, bundle_dir
-from mnist_cnn_progression.inference.files import UNFINISHED, check_files, copy_file, write_json
+from mnist_cnn_progression.inference.files import UNFINISHED, check_files, copy_file, staged_directory, write_json
 from mnist_cnn_progression.inference.idx import read_mnist_idx
 from mnist_cnn_progression.inference.releases import (RELEASE, WITHDRAWN, complete, numbered, release_of,
                                                        served_version, serving_order, test_digest, withdrawn)
@@ -189,13 +187,11 @@ def push(candidate: Path, base: Path, *, test_data: Path | None = None, min_accu
 def write_version(bundle: Path, manifest: dict, release: dict, final: Path) -> None:
     """The ensemble's files, release.json, then manifest.json (what makes it complete), under a hidden name;
     then one rename. A rename onto an existing version fails rather than replacing it."""
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{UNFINISHED}push-{final.name}-"))
-    for name in manifest["files"]:
-        copy_file(bundle / name, staging / name)
-    write_json(staging / RELEASE, release)
-    copy_file(bundle / "manifest.json", staging / "manifest.json")
-    staging.chmod(0o755)  # mkdtemp made it private
-    os.rename(staging, final)
+    with staged_directory(final, replace=False) as staging:
+        for name in manifest["files"]:
+            copy_file(bundle / name, staging / name)
+        write_json(staging / RELEASE, release)
+        copy_file(bundle / "manifest.json", staging / "manifest.json")
 
 
 def withdraw(base: Path) -> tuple[int, int]:

@@ -207,7 +207,7 @@ def counted(write):
         calls[0] += 1
         return write(*arguments, **keywords)
     return each
-push.copy_file, push.write_json, push.os.rename = counted(push.copy_file), counted(push.write_json), counted(os.rename)
+push.copy_file, push.write_json, os.rename = counted(push.copy_file), counted(push.write_json), counted(os.rename)
 sys.exit(push.main(sys.argv[2:]))
 """
 
