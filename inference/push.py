@@ -35,7 +35,7 @@ from mnist_cnn_progression.inference.files import UNFINISHED, check_files, copy_
 from mnist_cnn_progression.inference.idx import read_mnist_idx
 from mnist_cnn_progression.inference.releases import (RELEASE, WITHDRAWN, complete, numbered, release_of,
                                                        served_version, serving_order, test_digest, withdrawn)
-from mnist_cnn_progression.inference.run_layout import RunLayout
+from mnist_cnn_progression.inference.run_layout import RunLayout, split_file
 from mnist_cnn_progression.inference.serve.catalogue import training_data
 
 # SEED.md's ensemble reference (33 of 10,000 test digits wrong), in percent: what a release must score by default.
@@ -76,10 +76,10 @@ def load_test_set(bundle: Path, test_data: Path | None) -> tuple[np.ndarray, np.
                              f"{len(labels)} labels: MNIST's test set is as many 28x28 images as labels.")
         return images, labels
     data = RunLayout.of_bundle(bundle).data
-    if not (data / "test_images.npy").is_file():
+    if not (data / split_file("test_images")).is_file():
         raise ValueError(f"{bundle} has no run directory with its test set beside it: name the test images with "
                          f"--test-data DIR ({TEST_FILES[0]}[.gz] and {TEST_FILES[1]}[.gz]).")
-    return np.load(data / "test_images.npy"), np.load(data / "test_labels.npy")
+    return np.load(data / split_file("test_images")), np.load(data / split_file("test_labels"))
 
 
 def find_idx(directory: Path, name: str) -> Path:

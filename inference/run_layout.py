@@ -17,6 +17,11 @@ TEST_PROBABILITIES, MEMBER_PROBABILITIES, MEMBERS, BUNDLE = (
     "test_probabilities.npy", "member_probabilities.npy", "members", "bundle")
 
 
+def split_file(name: str) -> str:
+    """A prepared split's file in data/: name is one of train/validation/test + _images/_labels."""
+    return f"{name}.npy"
+
+
 def member_model(k: int) -> str:
     return f"{MEMBERS}/member_{k}.keras"
 

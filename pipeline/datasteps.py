@@ -10,7 +10,7 @@ import numpy as np
 
 from mnist_cnn_progression.inference.files import digest_arrays, staged_directory, write_json
 from mnist_cnn_progression.inference.releases import test_digest
-from mnist_cnn_progression.inference.run_layout import RunLayout
+from mnist_cnn_progression.inference.run_layout import RunLayout, split_file
 from mnist_cnn_progression.pipeline import expand, sources
 from mnist_cnn_progression.pipeline.errors import PipelineError
 
@@ -31,7 +31,7 @@ class RunData:
         digest = digest_arrays(*(splits.arrays[name] for name in SPLIT_NAMES))
         with staged_directory(self.layout.data) as tmp:
             for name in SPLIT_NAMES:
-                np.save(tmp / f"{name}.npy", splits.arrays[name])
+                np.save(tmp / split_file(name), splits.arrays[name])
             info = {"source": splits.source, "split": splits.split, "sample": splits.sample,
                     "warning": splits.warning, "digest": digest,
                     "test_digest": test_digest(splits.arrays["test_images"], splits.arrays["test_labels"]),
@@ -69,7 +69,7 @@ class RunData:
         """The prepared arrays (and the expanded set, when asked), loaded once per run."""
         if self.splits is None:
             data, info = self.layout.data, self.info()
-            self.splits = sources.Splits(**{name: np.load(data / f"{name}.npy") for name in SPLIT_NAMES},
+            self.splits = sources.Splits(**{name: np.load(data / split_file(name)) for name in SPLIT_NAMES},
                                          source=info["source"], split=info["split"])
         if expanded and self.splits.expanded_images is None:
             shards = sorted(self.layout.expanded.glob("images_*.npy"))

@@ -332,13 +332,13 @@ class _Report:
         self.add("h2", "Misclassified test digits")
         data = self.layout.data
         found = self.final_predictions()
-        if found is None or not (data / "test_labels.npy").exists():
+        if found is None or not (data / layout.split_file("test_labels")).exists():
             self.skip("Gallery and confusion matrix", "no test labels or test predictions in this run")
             return
         stage_id, predicted = found
         if stage_id != "ensemble":
             self.add("note", f"No ensemble vote in this run: these are the errors of {stage_id}.")
-        labels, images = np.load(data / "test_labels.npy"), np.load(data / "test_images.npy")
+        labels, images = (np.load(data / layout.split_file(name)) for name in ("test_labels", "test_images"))
         result = evaluate(None, labels, self.stages[stage_id].get("reference_accuracy", 0.0), predictions=predicted)
         wrong = result["misclassified"]
         shown = wrong[:GALLERY_LIMIT]
