@@ -69,11 +69,20 @@ def module_command(module: str) -> list[str]:
     return [sys.executable, "-m", f"mnist_cnn_progression.{module}"]
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different ports of 127.0.0.1 that nothing listens on now (all bound at once, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for probe in sockets:
+        probe.bind(("127.0.0.1", 0))
+    ports = [probe.getsockname()[1] for probe in sockets]
+    for probe in sockets:
+        probe.close()
+    return ports
+
+
 def free_port() -> int:
     """A port of 127.0.0.1 that nothing listens on now, for a server a test starts."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import zipfile
 from pathlib import Path
@@ -13,17 +12,6 @@ from pathlib import Path
 import h5py
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` different ports of 127.0.0.1 that nothing listens on now (all bound at once, so none repeats)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def worker_log(logs: Path, index: int) -> Path:
@@ -40,11 +28,11 @@ def start_workers(commands: list[list[str]], tf_configs: list[dict], logs: Path,
     return workers
 
 
-def finish(workers: list[subprocess.Popen], logs: Path, code: int = 0, timeout: float = 240) -> list[str]:
-    """Every worker's output, once all have exited with `code`; a worker still running after `timeout` is killed."""
+def finish(workers: list[subprocess.Popen], logs: Path, code: int = 0) -> list[str]:
+    """Every worker's output, once all have exited with `code`; a worker still running after 240 s is killed."""
     try:
         for worker in workers:
-            worker.wait(timeout=timeout)
+            worker.wait(timeout=240)
     finally:  # a worker left waiting on a collective must not outlive the test
         for worker in workers:
             if worker.poll() is None:

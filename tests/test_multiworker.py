@@ -19,11 +19,11 @@ import pytest
 
 from mnist_cnn_progression.pipeline.rundir import run_lock
 from mnist_cnn_progression.pipeline.errors import PipelineError
-from pipeline_runs import checkpointed_epoch, final_weights, finish, free_ports, start_workers
+from conftest import free_ports
+from pipeline_runs import ROOT, checkpointed_epoch, final_weights, finish, start_workers
 
 pytestmark = pytest.mark.slow  # every test here starts a cluster of worker processes
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["baseline", "dropout"]
 EPOCHS = 4
 SETTINGS = ["train_limit=320", "batch_size=32", "steps_per_call=5", f"epochs={EPOCHS}", "epochs.baseline=1"]

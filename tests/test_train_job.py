@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline_runs import ROOT, final_weights, finish, free_ports, start_workers
+from conftest import free_ports
+from pipeline_runs import ROOT, final_weights, finish, start_workers
 
 DEPLOY = ROOT / "deploy"
 MANIFEST = {document["kind"]: document for document in yaml.safe_load_all((DEPLOY / "train-job.yaml").read_text())}
