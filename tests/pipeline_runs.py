@@ -5,11 +5,14 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,3 +63,28 @@ def final_weights(run_dir: Path, stage: str) -> dict:
             weights.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset)
                                else None)
     return arrays
+
+
+def killed_after_checkpoint(processes: list[subprocess.Popen], run_dir: Path, stage: str, epoch: int = 2) -> int:
+    """SIGKILL every process once the chief has checkpointed `epoch` of the stage (or after 180 s); the epoch the
+    checkpoint then holds. Every process must still have been running: one that ended could not be killed."""
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and all(p.poll() is None for p in processes) and \
+                checkpointed_epoch(run_dir, stage) < epoch:
+            time.sleep(0.01)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGKILL)
+        for process in processes:
+            process.wait()
+    assert all(p.returncode == -signal.SIGKILL for p in processes), "a run ended before it could be killed"
+    return checkpointed_epoch(run_dir, stage)
+
+
+def assert_same_weights(whole: Path, resumed: Path, stage: str, arrays: int) -> None:
+    """The stage's kept weights in two runs, array for array (`arrays`: how many the network holds)."""
+    expected, found = final_weights(whole, stage), final_weights(resumed, stage)
+    assert len(expected) == arrays and sorted(expected) == sorted(found)
+    for name in expected:
+        np.testing.assert_array_equal(expected[name], found[name], err_msg=name)

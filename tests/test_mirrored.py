@@ -9,10 +9,8 @@ replica's 64 (as full MNIST's 50,000 do at batch 128).
 """
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from mnist_cnn_progression.inference.contract import INPUT_NAME, as_images
-from pipeline_runs import ROOT, checkpointed_epoch, final_weights
+from pipeline_runs import ROOT, assert_same_weights, killed_after_checkpoint
 
 STAGE = "conv2_relu"
 EPOCHS = 8
@@ -93,22 +91,11 @@ def test_a_stage_under_mirrored_strategy_matches_the_default_strategy_and_resume
     killed_dir = tmp_path / "killed"
     first = subprocess.Popen(command(killed_dir, "mirrored"), cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline and first.poll() is None and checkpointed_epoch(killed_dir, STAGE) < 2:
-            time.sleep(0.01)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_after = checkpointed_epoch(killed_dir, STAGE)
+    killed_after = killed_after_checkpoint([first], killed_dir, STAGE)
     assert 2 <= killed_after < EPOCHS and not (killed_dir / "stages" / STAGE).exists()
     output = run(killed_dir, "mirrored")
     assert f"resuming after epoch {killed_after} of {EPOCHS}" in output, output[-3000:]
-    whole, resumed = final_weights(tmp_path / "mirrored", STAGE), final_weights(killed_dir, STAGE)
-    assert len(whole) == 8 and sorted(whole) == sorted(resumed)  # four layers, kernel and bias each
-    for name in whole:
-        np.testing.assert_array_equal(whole[name], resumed[name], err_msg=name)
+    assert_same_weights(tmp_path / "mirrored", killed_dir, STAGE, arrays=8)  # four layers, kernel and bias each
     assert stage_entry(killed_dir)[1]["test_accuracy"] == mirrored["test_accuracy"]
 
 

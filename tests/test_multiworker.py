@@ -9,18 +9,15 @@ dropout masks) counts too. Quick settings: 320 training images, 10 steps an epoc
 import json
 import os
 import re
-import signal
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mnist_cnn_progression.pipeline.rundir import run_lock
 from mnist_cnn_progression.pipeline.errors import PipelineError
 from conftest import free_ports
-from pipeline_runs import ROOT, checkpointed_epoch, final_weights, finish, start_workers
+from pipeline_runs import ROOT, assert_same_weights, finish, killed_after_checkpoint, start_workers
 
 pytestmark = pytest.mark.slow  # every test here starts a cluster of worker processes
 
@@ -49,19 +46,7 @@ def test_two_workers_killed_mid_stage_resume_together_to_the_weights_of_an_unint
     finish(start(whole_dir, free_ports(2), tmp_path / "whole", stages=["dropout"]), tmp_path / "whole")
 
     ports = free_ports(2)  # the restart uses the very same commands, ports included
-    workers = start(killed_dir, ports, tmp_path / "first")
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline and all(w.poll() is None for w in workers) and \
-                checkpointed_epoch(killed_dir, "dropout") < 2:
-            time.sleep(0.02)
-    finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGKILL)
-        for worker in workers:
-            worker.wait()
-    assert all(w.returncode == -signal.SIGKILL for w in workers), "a worker ended before it could be killed"
-    killed_after = checkpointed_epoch(killed_dir, "dropout")
+    killed_after = killed_after_checkpoint(start(killed_dir, ports, tmp_path / "first"), killed_dir, "dropout")
     assert 2 <= killed_after < EPOCHS
     assert (killed_dir / "stages" / "baseline").exists() and not (killed_dir / "stages" / "dropout").exists()
 
@@ -71,10 +56,7 @@ def test_two_workers_killed_mid_stage_resume_together_to_the_weights_of_an_unint
         assert re.findall(r"resuming after epoch (\d+)", output) == [str(killed_after)], output[-3000:]
         assert f"epoch {killed_after + 1:3d}/{EPOCHS}" in output and f"epoch {killed_after:3d}/{EPOCHS}" not in output
 
-    whole, resumed = final_weights(whole_dir, "dropout"), final_weights(killed_dir, "dropout")
-    assert len(whole) == 10 and sorted(whole) == sorted(resumed)  # five layers, kernel and bias each
-    for name in whole:
-        np.testing.assert_array_equal(whole[name], resumed[name], err_msg=name)
+    assert_same_weights(whole_dir, killed_dir, "dropout", arrays=10)  # five layers, kernel and bias each
     summary = json.loads((killed_dir / "summary.json").read_text())["stages"]["dropout"]
     assert summary["resumed_from_epoch"] == killed_after
     history, reference = ([line.split(",")[:3] for line in (d / "stages" / "dropout" / "history.csv").read_text()

@@ -1,12 +1,9 @@
 """Training: the best-validation rule, repeatability, resuming after SIGKILL, and two workers staying in sync."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +15,8 @@ from mnist_cnn_progression.pipeline.modelstage import (StageJob, members_at_once
                                                        train_side_by_side)
 from mnist_cnn_progression.pipeline.stages import STAGE_BY_ID
 from mnist_cnn_progression.pipeline.train import TrainSettings, shift_only_from, train
-from conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import free_ports
+from pipeline_runs import ROOT, killed_after_checkpoint
 
 
 def quiet(*args):
@@ -127,18 +123,8 @@ def test_a_killed_stage_resumes_from_its_last_finished_epoch(tmp_path):
     command = [sys.executable, str(ROOT / "run_pipeline.py"), "--preset", "quick", "--data", "sample",
                "--run-dir", str(run_dir), "--stages", "conv2_relu", "--set", "epochs=6", "--set", "train_limit=3000",
                "--set", "batch_size=32"]
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    def checkpointed_epochs() -> int:  # the CheckpointManager's state file names ckpt-<epoch>
-        states = list((run_dir / "checkpoints").glob("conv2_relu-*/checkpoint"))
-        return int(states[0].read_text().split('"')[1].split("-")[-1]) if states else 0
-
-    while time.time() < deadline and first.poll() is None and checkpointed_epochs() < 2:
-        time.sleep(0.05)
-    assert first.poll() is None, "the first run finished before it could be killed"
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert 2 <= checkpointed_epochs() < 6
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert 2 <= killed_after_checkpoint([first], run_dir, "conv2_relu") < 6
     assert not (run_dir / "stages" / "conv2_relu").exists()  # nothing half-done taken for finished
 
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -229,7 +215,7 @@ def test_a_chain_stopped_in_a_later_member_resumes_to_the_members_of_an_uninterr
 
 @pytest.mark.slow
 def test_two_workers_on_localhost_end_with_identical_weights(tmp_path):
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workers = []
     for index in range(2):
