@@ -113,14 +113,15 @@ class Rollout:
         if not self.base:
             self.models, release = prepare(self.path, self.threads, self.require_release)
             self.version = lone_version(self.path, release)
-        for version in self.wanted() if self.base else ():
-            try:
-                self.models, release = prepare(self.path / str(version), self.threads, self.require_release)
-            except (OSError, ValueError, KeyError) as error:
-                self.refuse(version, error)
-                continue
-            self.version = version
-            break
+        else:
+            for version in self.wanted():
+                try:
+                    self.models, release = prepare(self.path / str(version), self.threads, self.require_release)
+                except (OSError, ValueError, KeyError) as error:
+                    self.refuse(version, error)
+                    continue
+                self.version = version
+                break
         if self.version is None:
             raise ValueError(f"{self.path} holds no complete version, not withdrawn, that passes its check (a "
                              "version directory is complete once its bundle's manifest.json is in it).")
